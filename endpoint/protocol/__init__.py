@@ -1,0 +1,1 @@
+"""Wire formats: messagepack messages and the SDK's serialization strategies (no I/O)."""

@@ -1,0 +1,275 @@
+"""The running user endpoint: adapters around the Interchange state machine.
+
+One thread (the caller of `run`) owns the Interchange, the journal and every decision. The AMQP
+I/O thread and the engine's threads only push events onto `self._events`; the loop drains them
+in batches, so one journal transaction and one multiple-ack cover many tasks at high rates.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from endpoint.amqp import AmqpSession, Outgoing, with_port
+from endpoint.engines.base import Engine
+from endpoint.interchange import Delivery, Interchange, Plan
+from endpoint.journal import Journal
+from endpoint.lifecycle import TOUCH_EVERY_S, PidLock
+from endpoint.protocol.messages import EPStatusReport, pack
+from endpoint.protocol.results import error_result
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 1024
+REPUBLISH_EVERY_S = 1.0
+DRAIN_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class QueueInfo:
+    connection_url: str
+    queue: str
+    exchange: str = ""
+    routing_key: str = ""
+    properties: dict[str, Any] | None = None
+    mandatory: bool = True
+
+    @classmethod
+    def from_service(cls, info: dict[str, Any], amqp_port: int | None) -> QueueInfo:
+        kw = info.get("queue_publish_kwargs") or {}
+        return cls(
+            connection_url=with_port(info["connection_url"], amqp_port),
+            queue=info["queue"],
+            exchange=kw.get("exchange", info.get("exchange", "")),
+            routing_key=kw.get("routing_key", info["queue"]),
+            properties=kw.get("properties") or {"delivery_mode": 2},
+            mandatory=bool(kw.get("mandatory", True)),
+        )
+
+    def outgoing(self, key: str, body: bytes) -> Outgoing:
+        return Outgoing(key, self.exchange, self.routing_key, body,
+                        dict(self.properties or {}), self.mandatory)
+
+
+class EndpointRuntime:
+    def __init__(
+        self,
+        *,
+        endpoint_id: str,
+        ep_dir: Path,
+        engine: Engine,
+        tasks: QueueInfo,
+        results: QueueInfo,
+        heartbeats: QueueInfo,
+        heartbeat_period: float,
+        prefetch_count: int,
+        allowed_functions: set[str] | None,
+        max_retries_on_system_failure: int,
+        config_text: str,
+        pid_lock: PidLock | None = None,
+    ) -> None:
+        self.endpoint_id = endpoint_id
+        self.ep_dir = ep_dir
+        self.engine = engine
+        self.tasks_q, self.results_q, self.heartbeats_q = tasks, results, heartbeats
+        self.heartbeat_period = heartbeat_period
+        self.pid_lock = pid_lock
+        self.config_text = config_text
+        self.journal = Journal(ep_dir / "journal.db")
+        self._events: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._started = time.time()
+        window = max(4, 2 * int(engine.status().get("total_workers") or 1))
+        self.ix = Interchange(
+            endpoint_id,
+            window=window,
+            allowed_functions=allowed_functions,
+            max_retries_on_system_failure=max_retries_on_system_failure,
+        )
+        self.consumer = AmqpSession(tasks.connection_url, self, consume_queue=tasks.queue,
+                                    prefetch_count=prefetch_count, name="amqp-tasks")
+        self.publisher = self.consumer
+        if results.connection_url != tasks.connection_url:
+            self.publisher = AmqpSession(results.connection_url, self, name="amqp-results")
+        self.hb_session = self.publisher
+        if heartbeats.connection_url != results.connection_url:
+            self.hb_session = AmqpSession(heartbeats.connection_url, self, name="amqp-heartbeats")
+
+    # ---- SessionEvents (called on AMQP I/O threads) ---------------------------------------
+    def on_connected(self, session: AmqpSession, generation: int) -> None:
+        self._events.put(("connected", session))
+
+    def on_disconnected(self, session: AmqpSession, generation: int, reason: str) -> None:
+        self._events.put(("disconnected", session))
+
+    def on_delivery(self, generation: int, tag: int, headers: dict[str, Any], body: bytes) -> None:
+        self._events.put(("delivery", Delivery(generation, tag, headers, body)))
+
+    def on_confirms(self, keys: list[str], ok: bool) -> None:
+        self._events.put(("confirms", keys, ok))
+
+    # ---- engine callback (any thread) ----------------------------------------------------
+    def _on_result(self, task_id: str, packed: bytes) -> None:
+        self._events.put(("result", task_id, packed))
+
+    # ---- lifecycle ------------------------------------------------------------------------
+    def request_stop(self, *_: Any) -> None:
+        self._stop.set()
+        self._events.put(("wake",))
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            signal.signal(sig, self.request_stop)
+
+    def run(self) -> None:
+        self.engine.start(endpoint_id=self.endpoint_id, run_dir=self.ep_dir,
+                          on_result=self._on_result)
+        self._execute(self.ix.recover(self.journal.load()))
+        for s in {id(x): x for x in (self.consumer, self.publisher, self.hb_session)}.values():
+            s.start()
+        log.info("endpoint %s running", self.endpoint_id)
+        try:
+            self._loop()
+        finally:
+            self._shutdown()
+
+    def _loop(self) -> None:
+        next_hb = next_touch = next_republish = 0.0
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now >= next_hb:
+                self._heartbeat(active=True)
+                next_hb = now + self.heartbeat_period
+            if now >= next_touch and self.pid_lock is not None:
+                self.pid_lock.touch()
+                next_touch = now + TOUCH_EVERY_S
+            if now >= next_republish:
+                self._execute(self.ix.republish())
+                next_republish = now + REPUBLISH_EVERY_S
+            timeout = max(0.0, min(next_hb, next_touch, next_republish) - time.monotonic())
+            self._step(timeout)
+
+    def _step(self, timeout: float) -> None:
+        try:
+            events = [self._events.get(timeout=timeout)]
+        except queue.Empty:
+            return
+        while len(events) < MAX_BATCH:
+            try:
+                events.append(self._events.get_nowait())
+            except queue.Empty:
+                break
+        self._execute(self._plan(events))
+
+    def _plan(self, events: list[tuple[Any, ...]]) -> Plan:
+        plan = Plan()
+        deliveries: list[Delivery] = []
+        results: list[tuple[str, bytes]] = []
+
+        def flush() -> None:
+            if deliveries:
+                plan.extend(self.ix.on_deliveries(deliveries))
+                deliveries.clear()
+            if results:
+                plan.extend(self.ix.on_results(results))
+                results.clear()
+
+        for ev in events:
+            kind = ev[0]
+            if kind == "delivery":
+                deliveries.append(ev[1])
+                continue
+            if kind == "result":
+                results.append((ev[1], ev[2]))
+                continue
+            flush()
+            if kind == "confirms":
+                plan.extend(self.ix.on_confirms(ev[1], ev[2]))
+            elif kind == "connected" and ev[1] is self.publisher:
+                plan.extend(self.ix.on_connected())
+            elif kind == "disconnected" and ev[1] is self.publisher:
+                self.ix.on_disconnected()
+        flush()
+        return plan
+
+    def _execute(self, plan: Plan) -> None:
+        if plan.journal_writes:
+            with self.journal.batch() as b:
+                b.add_tasks(plan.add_tasks)
+                b.mark_started(plan.started)
+                b.set_results(plan.results)
+                b.forget(plan.forget)
+        for generation, tag in plan.rejects:
+            self.consumer.reject(generation, tag)
+        latest: dict[int, int] = {}
+        for generation, tag in plan.acks:
+            latest[generation] = max(tag, latest.get(generation, 0))
+        for generation, tag in latest.items():
+            self.consumer.ack(generation, tag, multiple=True)
+        if plan.publish:
+            self.publisher.publish([self.results_q.outgoing(k, b) for k, b in plan.publish])
+        for sub in plan.submit:
+            try:
+                self.engine.submit(sub)
+            except Exception as e:  # an engine that refuses must not take the loop down
+                log.exception("engine refused task %s", sub.task_id)
+                self._on_result(sub.task_id, error_result(
+                    sub.task_id, "UNKNOWN_TASK_FAILURE", f"failed to start task: {e!r}",
+                    self.endpoint_id))
+
+    # ---- heartbeats ---------------------------------------------------------------------
+    def _heartbeat(self, active: bool) -> None:
+        state: dict[str, Any] = {}
+        try:
+            state.update(self.engine.status())
+        except Exception as e:
+            log.warning("engine status failed: %s", e)
+        state.update(self.ix.status())
+        state.update(self._ep_info())
+        state.update(heartbeat_period=self.heartbeat_period, active=active)
+        report = EPStatusReport(endpoint_id=self.endpoint_id, global_state=state)
+        key = f"heartbeat:{time.monotonic_ns()}"
+        self.hb_session.publish([self.heartbeats_q.outgoing(key, pack(report))])
+
+    def _ep_info(self) -> dict[str, Any]:
+        return {
+            "posix_username": getpass.getuser(),
+            "posix_uid": os.getuid(),
+            "posix_gid": os.getgid(),
+            "posix_groups": os.getgroups(),
+            "posix_pid": os.getpid(),
+            "posix_sid": os.getsid(0),
+            "posix_ppid": os.getppid(),
+            "config_raw": self.config_text,
+            "start_iso": datetime.fromtimestamp(self._started, UTC).isoformat(),
+            "start_unix": self._started,
+        }
+
+    # ---- shutdown -----------------------------------------------------------------------
+    def _shutdown(self) -> None:
+        """Stop taking tasks, let running ones finish, flush results, say goodbye."""
+        log.info("stopping: %s", self.ix.status())
+        self.ix.stop_accepting()
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        # Unstarted journaled tasks stay in the journal and run at the next start.
+        self.ix.pending.clear()
+        while (self.ix.running or self.ix.unconfirmed) and time.monotonic() < deadline:
+            self._step(0.2)
+            if not self.ix.unconfirmed and self.ix.to_republish and self.ix.connected:
+                self._execute(self.ix.republish())
+        self._heartbeat(active=False)
+        time.sleep(0.05)  # let the I/O thread write the final heartbeat before closing
+        for s in {id(x): x for x in (self.consumer, self.publisher, self.hb_session)}.values():
+            s.stop()
+        self.engine.shutdown(wait=False)
+        self.journal.close()
+        log.info("endpoint %s stopped", self.endpoint_id)
