@@ -143,7 +143,8 @@ class EndpointRuntime:
             self._shutdown()
 
     def _loop(self) -> None:
-        next_hb = next_touch = next_republish = 0.0
+        next_touch = next_republish = 0.0
+        next_hb = time.monotonic() + self.heartbeat_period
         while not self._stop.is_set():
             now = time.monotonic()
             if now >= next_hb:
@@ -194,8 +195,11 @@ class EndpointRuntime:
             flush()
             if kind == "confirms":
                 plan.extend(self.ix.on_confirms(ev[1], ev[2]))
-            elif kind == "connected" and ev[1] is self.publisher:
-                plan.extend(self.ix.on_connected())
+            elif kind == "connected":
+                if ev[1] is self.hb_session:
+                    self._heartbeat(active=True)  # say hello as soon as we can be heard
+                if ev[1] is self.publisher:
+                    plan.extend(self.ix.on_connected())
             elif kind == "disconnected" and ev[1] is self.publisher:
                 self.ix.on_disconnected()
         flush()

@@ -1,0 +1,65 @@
+"""End-to-end fixtures: the real stack on localhost:5000 and the official SDK as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from webservice.stack import Stack
+
+ROOT = Path(__file__).resolve().parents[2]
+PEER_PYTHON = Path(os.environ.get("PEER_PYTHON", ROOT / ".peer-venv" / "bin" / "python"))
+
+
+@pytest.fixture(scope="session")
+def peer_python() -> Path:
+    if not PEER_PYTHON.exists():
+        pytest.fail(f"official peers missing at {PEER_PYTHON}: run `make peers`")
+    return PEER_PYTHON
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with Stack(tmp_path_factory.mktemp("stack")) as s:
+        s.start_service()
+        yield s
+
+
+@pytest.fixture(scope="session")
+def our_endpoint(stack: Stack) -> str:
+    stack.configure_endpoint(
+        "ours",
+        "display_name: ours\nengine:\n  type: ProcessPoolEngine\n  max_workers: 2\n"
+        "heartbeat_period: 5\n",
+    )
+    return stack.start_endpoint("ours")
+
+
+SdkRunner = Callable[[str], Any]
+
+
+@pytest.fixture(scope="session")
+def run_sdk(stack: Stack, peer_python: Path) -> SdkRunner:
+    """Run a snippet with the official SDK; it must print one JSON document as its last line."""
+
+    def run(snippet: str, timeout: float = 240) -> Any:
+        env = stack.client_env(stack.root / "sdk-user")
+        proc = subprocess.run(
+            [str(peer_python), "-c", textwrap.dedent(snippet)],
+            env=env, capture_output=True, text=True, timeout=timeout, check=False,
+        )
+        if proc.returncode != 0:
+            raise AssertionError(
+                f"SDK snippet failed ({proc.returncode}):\n{proc.stderr[-4000:]}\n"
+                f"--- endpoint log ---\n{stack.log_text('endpoint:ours')[-3000:]}"
+            )
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    return run

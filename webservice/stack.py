@@ -1,0 +1,231 @@
+"""The embedded default stack on one machine: a private RabbitMQ, the web service and one of
+our endpoints, each a real process. Used by `make demo`, the e2e tests and the benchmarks.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from webservice.broker import PrivateRabbit
+
+log = logging.getLogger(__name__)
+
+#: The official SDK's "local" environment is fixed at this address.
+SDK_LOCAL_PORT = 5000
+
+
+def _bin(name: str) -> str:
+    here = Path(sys.executable).parent / name
+    return str(here) if here.exists() else (shutil.which(name) or name)
+
+
+class Stack:
+    def __init__(self, root: Path | None = None, port: int = SDK_LOCAL_PORT) -> None:
+        self.root = Path(root or tempfile.mkdtemp(prefix="compute-stack-"))
+        self.port = port
+        self.rabbit = PrivateRabbit(self.root / "rabbit")
+        self.db = self.root / "webservice.db"
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.client_id = ""
+        self.client_secret = ""
+
+    @property
+    def url(self) -> str:
+        return f"http://localhost:{self.port}"
+
+    # ---- the web service ------------------------------------------------------------------
+    def start_service(self) -> None:
+        if not self.rabbit.running:
+            self.rabbit.start()
+        self._spawn(
+            "webservice",
+            [_bin("compute-webservice"), "serve", "--port", str(self.port),
+             "--amqp-url", self.rabbit.url, "--db", str(self.db)],
+            env=os.environ.copy(),
+        )
+        self._wait_http(f"{self.url}/v2/version", what="web service")
+        if not self.client_id:
+            out = subprocess.run(
+                [_bin("compute-webservice"), "create-client", "--db", str(self.db)],
+                check=True, capture_output=True, text=True,
+            ).stdout
+            creds = json.loads(out)
+            self.client_id, self.client_secret = creds["client_id"], creds["client_secret"]
+
+    def stop_service(self) -> None:
+        self._terminate("webservice")
+
+    def client_env(self, user_dir: Path) -> dict[str, str]:
+        """The env knobs (protocol.md §7) that point the official tools and ours at us."""
+        env = os.environ.copy()
+        env.update(
+            GLOBUS_SDK_ENVIRONMENT="local",
+            GLOBUS_SDK_SERVICE_URL_AUTH=f"{self.url}/",
+            GLOBUS_COMPUTE_CLIENT_ID=self.client_id,
+            GLOBUS_COMPUTE_CLIENT_SECRET=self.client_secret,
+            GLOBUS_COMPUTE_USER_DIR=str(user_dir),
+            COMPUTE_SERVICE_URL=self.url,
+        )
+        return env
+
+    # ---- our endpoint ---------------------------------------------------------------------
+    def configure_endpoint(self, name: str, config_yaml: str) -> Path:
+        ep_dir = self.root / "user" / name
+        ep_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (ep_dir / "config.yaml").write_text(config_yaml)
+        return ep_dir
+
+    def start_endpoint(self, name: str, timeout: float = 60) -> str:
+        ep_dir = self.root / "user" / name
+        ep_json = ep_dir / "endpoint.json"
+        before = ep_json.stat().st_mtime if ep_json.exists() else 0.0
+        self._spawn(f"endpoint:{name}", [_bin("compute-endpoint"), "start", name],
+                    env=self.client_env(self.root / "user"))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if ep_json.exists() and ep_json.stat().st_mtime > before:
+                ep_id = str(json.loads(ep_json.read_text())["endpoint_id"])
+                self.wait_online(ep_id, deadline - time.monotonic())
+                return ep_id
+            self._check_alive(f"endpoint:{name}")
+            time.sleep(0.05)
+        raise TimeoutError(f"endpoint {name} did not register in {timeout}s")
+
+    def stop_endpoint(self, name: str) -> None:
+        self._terminate(f"endpoint:{name}")
+
+    # ---- the official endpoint (a test peer, driven only through its CLI) ----------------
+    def start_official_endpoint(
+        self, peer_bin: Path, name: str, template: str, timeout: float = 90
+    ) -> str:
+        """Configure and start `globus-compute-endpoint` from the peer venv; return its id.
+
+        4.x always runs a core (manager) endpoint: tasks flow once our service sends
+        `cmd_start_endpoint`, and the user endpoint's engine comes from `template`.
+        """
+        user_dir = self.root / "official-user"
+        env = self.client_env(user_dir)
+        cli = str(peer_bin / "globus-compute-endpoint")
+        subprocess.run([cli, "configure", "--multi-user", "false", name], env=env,
+                       check=True, capture_output=True, timeout=120)
+        ep_dir = user_dir / name
+        (ep_dir / "config.yaml").write_text(f"display_name: {name}\nheartbeat_period: 5\n")
+        (ep_dir / "user_config_template.yaml.j2").write_text(template)
+        # The core endpoint starts user endpoints with a scrubbed environment.
+        (ep_dir / "user_environment.yaml").write_text(
+            f"GLOBUS_COMPUTE_USER_DIR: {user_dir}\nPATH: {peer_bin}:/usr/bin:/bin\n"
+        )
+        # It signals its whole process group on exit: _spawn gives it its own session.
+        self._spawn(f"official:{name}", [cli, "start", name], env=env)
+        ep_json = ep_dir / "endpoint.json"
+        deadline = time.monotonic() + timeout
+        while not ep_json.exists():
+            self._check_alive(f"official:{name}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"official endpoint {name} did not register")
+            time.sleep(0.1)
+        endpoint_id = str(json.loads(ep_json.read_text())["endpoint_id"])
+        self.wait_online(endpoint_id, deadline - time.monotonic())
+        return endpoint_id
+
+    def stop_official_endpoint(self, name: str) -> None:
+        proc = self.procs.get(f"official:{name}")
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+        self._terminate(f"official:{name}")
+
+    # ---- REST helpers ---------------------------------------------------------------------
+    def token(self) -> str:
+        basic = base64.b64encode(f"{self.client_id}:{self.client_secret}".encode()).decode()
+        scope = "https://auth.globus.org/scopes/facd7ccc-c5f4-42aa-916b-a0e270e2c2a9/all"
+        req = urllib.request.Request(
+            f"{self.url}/v2/oauth2/token",
+            data=f"grant_type=client_credentials&scope={scope}".encode(),
+            headers={"Authorization": f"Basic {basic}",
+                     "Content-Type": "application/x-www-form-urlencoded"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return str(json.load(resp)["access_token"])
+
+    def get(self, path: str) -> Any:
+        req = urllib.request.Request(f"{self.url}{path}",
+                                     headers={"Authorization": f"Bearer {self.token()}"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.load(resp)
+
+    def wait_online(self, endpoint_id: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if self.get(f"/v2/endpoints/{endpoint_id}/status").get("status") == "online":
+                    return
+            except urllib.error.URLError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"endpoint {endpoint_id} not online after {timeout}s")
+
+    # ---- processes --------------------------------------------------------------------------
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        logf = open(self.root / f"{name.replace(':', '-')}.log", "ab")  # noqa: SIM115
+        self.procs[name] = subprocess.Popen(
+            argv, env=env, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def log_text(self, name: str) -> str:
+        path = self.root / f"{name.replace(':', '-')}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def _check_alive(self, name: str) -> None:
+        proc = self.procs[name]
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}:\n{self.log_text(name)[-3000:]}")
+
+    def _wait_http(self, url: str, what: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(url, timeout=2):
+                    return
+            except (urllib.error.URLError, ConnectionError):
+                self._check_alive("webservice")
+                time.sleep(0.1)
+        raise TimeoutError(f"{what} not answering at {url}")
+
+    def _terminate(self, name: str, timeout: float = 30) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+    def close(self) -> None:
+        for name in [n for n in self.procs if n.startswith("official:")]:
+            self.stop_official_endpoint(name.split(":", 1)[1])
+        for name in [n for n in self.procs if n.startswith("endpoint:")]:
+            self._terminate(name)
+        for name in list(self.procs):
+            self._terminate(name)
+        self.rabbit.stop()
+
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
