@@ -30,16 +30,31 @@ def our_config(engine: str) -> str:
 
 
 def official_template(engine: str) -> str:
-    return (f"engine:\n  type: {engine}\n  max_workers: 2\nheartbeat_period: 30\n"
-            "idle_heartbeats_soft: 0\n")
+    return (
+        f"engine:\n  type: {engine}\n  max_workers: 2\nheartbeat_period: 30\n"
+        "idle_heartbeats_soft: 0\n"
+    )
 
 
-def drive(stack: Stack, peer_python: str, endpoint_id: str, args: argparse.Namespace) -> dict[str, Any]:
+def drive(
+    stack: Stack, peer_python: str, endpoint_id: str, args: argparse.Namespace
+) -> dict[str, Any]:
     proc = subprocess.run(
-        [peer_python, str(HERE / "sdk_driver.py"), "--endpoint-id", endpoint_id,
-         "--sequential", str(args.sequential), "--burst", str(args.burst)],
-        env=stack.client_env(stack.root / "sdk-user"), capture_output=True, text=True,
-        timeout=1800, check=False,
+        [
+            peer_python,
+            str(HERE / "sdk_driver.py"),
+            "--endpoint-id",
+            endpoint_id,
+            "--sequential",
+            str(args.sequential),
+            "--burst",
+            str(args.burst),
+        ],
+        env=stack.client_env(stack.root / "sdk-user"),
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
     )
     if proc.returncode != 0:
         sys.exit(f"SDK driver failed:\n{proc.stderr[-4000:]}")
@@ -76,12 +91,16 @@ def main() -> int:
             ours_id = stack.start_endpoint(f"bench-{short}")
             ours = drive(stack, args.peer_python, ours_id, args)
             stack.stop_endpoint(f"bench-{short}")
-            off_id = stack.start_official_endpoint(peer_bin, f"off-{short}", official_template(engine))
+            off_id = stack.start_official_endpoint(
+                peer_bin, f"off-{short}", official_template(engine)
+            )
             official = drive(stack, args.peer_python, off_id, args)
             stack.stop_official_endpoint(f"off-{short}")
-            for fig, better_high in (("service_latency_p50_ms", False),
-                                     ("sdk_latency_p50_ms", False),
-                                     ("noop_throughput_per_s", True)):
+            for fig, better_high in (
+                ("service_latency_p50_ms", False),
+                ("sdk_latency_p50_ms", False),
+                ("noop_throughput_per_s", True),
+            ):
                 text = line(f"{short}.{fig}", ours[fig], official[fig], better_high)
                 print(text, flush=True)
                 lines.append(text)

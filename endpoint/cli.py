@@ -6,6 +6,7 @@ Exit codes follow the official endpoint's (features.md §1.4) so scripts keep wo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -13,6 +14,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from endpoint import __version__, launch
 from endpoint.errors import (
@@ -88,11 +90,8 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return EX_OK
 
 
-def _terminate(pid: int, ep_dir: os.PathLike[str]) -> None:
+def _terminate(pid: int, path: Path) -> None:
     """SIGTERM, wait for a clean exit, then SIGKILL: one `stop` always suffices."""
-    from pathlib import Path
-
-    path = Path(ep_dir)
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_GRACE_S
     while time.monotonic() < deadline:
@@ -100,10 +99,8 @@ def _terminate(pid: int, ep_dir: os.PathLike[str]) -> None:
             return
         time.sleep(0.1)
     log.warning("endpoint pid %s did not stop in %ss; sending SIGKILL", pid, STOP_GRACE_S)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     while state_of(path) in (State.RUNNING, State.DISCONNECTED):
         time.sleep(0.1)
     clean_stale_pid(path)
@@ -138,8 +135,10 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_version(_args: argparse.Namespace) -> int:
-    print(f"compute-endpoint {__version__} (Globus Compute endpoint protocol "
-          f"{ENDPOINT_PROTOCOL_VERSION})")
+    print(
+        f"compute-endpoint {__version__} (Globus Compute endpoint protocol "
+        f"{ENDPOINT_PROTOCOL_VERSION})"
+    )
     return EX_OK
 
 

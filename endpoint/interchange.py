@@ -98,12 +98,17 @@ class Interchange:
                     f"the endpoint process stopped while this task was running "
                     f"(attempt {t.attempts} of {self.max_retries + 1}); it was not retried"
                 )
-                self._finish(t.task_id, error_result(t.task_id, "EndpointInterrupted", msg,
-                                                     self.endpoint_id), plan)
+                self._finish(
+                    t.task_id,
+                    error_result(t.task_id, "EndpointInterrupted", msg, self.endpoint_id),
+                    plan,
+                )
         if journaled:
             log.info(
                 "recovered %s journaled tasks: %s results to re-send, %s to run",
-                len(journaled), len(self.to_republish), len(self.pending),
+                len(journaled),
+                len(self.to_republish),
+                len(self.pending),
             )
         self._fill(plan)
         return plan
@@ -123,8 +128,10 @@ class Interchange:
         function_id = _header_str(d.headers, "function_uuid")
         if task_id is None or function_id is None:
             # Without a task id no result can reach anyone; dead-letter instead of looping.
-            log.error("rejecting a delivery without task_uuid/function_uuid headers: %s",
-                      sorted(d.headers))
+            log.error(
+                "rejecting a delivery without task_uuid/function_uuid headers: %s",
+                sorted(d.headers),
+            )
             self.counters["rejected"] += 1
             plan.rejects.append((d.generation, d.tag))
             return
@@ -148,7 +155,8 @@ class Interchange:
         tid = task.task_id
         if self.allowed_functions is not None and task.function_id not in self.allowed_functions:
             return error_result(
-                tid, "FUNCTION_NOT_ALLOWED",
+                tid,
+                "FUNCTION_NOT_ALLOWED",
                 f"function {task.function_id} is not allowed on endpoint {self.endpoint_id}",
                 self.endpoint_id,
             )
@@ -156,9 +164,12 @@ class Interchange:
         if not isinstance(serializers, list) or not all(
             isinstance(s, str | bytes) for s in serializers
         ):
-            return error_result(tid, "InvalidTaskHeaders",
-                                "header result_serializers must be a list of strings",
-                                self.endpoint_id)
+            return error_result(
+                tid,
+                "InvalidTaskHeaders",
+                "header result_serializers must be a list of strings",
+                self.endpoint_id,
+            )
         task.result_serializers = [s.decode() if isinstance(s, bytes) else s for s in serializers]
         spec = _header_str(headers, "resource_specification")
         if spec is not None and spec != "null":
@@ -167,9 +178,12 @@ class Interchange:
             except ValueError:
                 parsed = None
             if not isinstance(parsed, dict):
-                return error_result(tid, "InvalidTaskHeaders",
-                                    f"header resource_specification is not a JSON object: "
-                                    f"{spec[:200]!r}", self.endpoint_id)
+                return error_result(
+                    tid,
+                    "InvalidTaskHeaders",
+                    f"header resource_specification is not a JSON object: {spec[:200]!r}",
+                    self.endpoint_id,
+                )
             task.resource_spec = spec if parsed else None
         return None
 

@@ -74,8 +74,15 @@ class Journal:
             " result FROM tasks ORDER BY rowid"
         ).fetchall()
         return [
-            JournaledTask(r[0], r[1], bytes(r[2]), json.loads(r[3]), r[4], r[5],
-                          None if r[6] is None else bytes(r[6]))
+            JournaledTask(
+                r[0],
+                r[1],
+                bytes(r[2]),
+                json.loads(r[3]),
+                r[4],
+                r[5],
+                None if r[6] is None else bytes(r[6]),
+            )
             for r in rows
         ]
 
@@ -99,8 +106,13 @@ class Batch:
             "INSERT OR IGNORE INTO tasks (task_id, function_id, body, result_serializers,"
             " resource_spec) VALUES (?, ?, ?, ?, ?)",
             [
-                (t.task_id, t.function_id, t.body, json.dumps(t.result_serializers),
-                 t.resource_spec)
+                (
+                    t.task_id,
+                    t.function_id,
+                    t.body,
+                    json.dumps(t.result_serializers),
+                    t.resource_spec,
+                )
                 for t in tasks
             ],
         )

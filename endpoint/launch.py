@@ -63,8 +63,14 @@ def start(name: str, endpoint_uuid: str | None = None) -> None:
         lock.release()
 
 
-def _run(name: str, ep_dir: Path, config: EndpointConfig, text: str, lock: PidLock,
-         endpoint_uuid: str | None) -> None:
+def _run(
+    name: str,
+    ep_dir: Path,
+    config: EndpointConfig,
+    text: str,
+    lock: PidLock,
+    endpoint_uuid: str | None,
+) -> None:
     engine = build_engine(dict(config.engine))
     env = service.environment_name(config.environment, config.local_compute_services)
     svc = service.ComputeService(service.build_app(user_dir(), env), service.service_url(env))

@@ -56,8 +56,9 @@ class QueueInfo:
         )
 
     def outgoing(self, key: str, body: bytes) -> Outgoing:
-        return Outgoing(key, self.exchange, self.routing_key, body,
-                        dict(self.properties or {}), self.mandatory)
+        return Outgoing(
+            key, self.exchange, self.routing_key, body, dict(self.properties or {}), self.mandatory
+        )
 
 
 class EndpointRuntime:
@@ -95,8 +96,13 @@ class EndpointRuntime:
             allowed_functions=allowed_functions,
             max_retries_on_system_failure=max_retries_on_system_failure,
         )
-        self.consumer = AmqpSession(tasks.connection_url, self, consume_queue=tasks.queue,
-                                    prefetch_count=prefetch_count, name="amqp-tasks")
+        self.consumer = AmqpSession(
+            tasks.connection_url,
+            self,
+            consume_queue=tasks.queue,
+            prefetch_count=prefetch_count,
+            name="amqp-tasks",
+        )
         self.publisher = self.consumer
         if results.connection_url != tasks.connection_url:
             self.publisher = AmqpSession(results.connection_url, self, name="amqp-results")
@@ -131,8 +137,9 @@ class EndpointRuntime:
             signal.signal(sig, self.request_stop)
 
     def run(self) -> None:
-        self.engine.start(endpoint_id=self.endpoint_id, run_dir=self.ep_dir,
-                          on_result=self._on_result)
+        self.engine.start(
+            endpoint_id=self.endpoint_id, run_dir=self.ep_dir, on_result=self._on_result
+        )
         self._execute(self.ix.recover(self.journal.load()))
         for s in {id(x): x for x in (self.consumer, self.publisher, self.hb_session)}.values():
             s.start()
@@ -226,9 +233,15 @@ class EndpointRuntime:
                 self.engine.submit(sub)
             except Exception as e:  # an engine that refuses must not take the loop down
                 log.exception("engine refused task %s", sub.task_id)
-                self._on_result(sub.task_id, error_result(
-                    sub.task_id, "UNKNOWN_TASK_FAILURE", f"failed to start task: {e!r}",
-                    self.endpoint_id))
+                self._on_result(
+                    sub.task_id,
+                    error_result(
+                        sub.task_id,
+                        "UNKNOWN_TASK_FAILURE",
+                        f"failed to start task: {e!r}",
+                        self.endpoint_id,
+                    ),
+                )
 
     # ---- heartbeats ---------------------------------------------------------------------
     def _heartbeat(self, active: bool) -> None:

@@ -7,11 +7,11 @@ login are used. Tokens are cached in that same store, so a restart makes no toke
 
 from __future__ import annotations
 
+import getpass
 import logging
 import os
 import platform
 import socket
-import getpass
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,11 +70,15 @@ def build_app(user_dir: Path, environment: str) -> GlobusApp:
     try:
         config = GlobusAppConfig(token_storage=storage, environment=environment)
         if client_id and secret:
-            return ClientApp("compute-endpoint", client_id=client_id, client_secret=secret, config=config)
+            return ClientApp(
+                "compute-endpoint", client_id=client_id, client_secret=secret, config=config
+            )
         config = GlobusAppConfig(
             token_storage=storage, environment=environment, request_refresh_tokens=True
         )
-        return UserApp("compute-endpoint", client_id=client_id or DEFAULT_USER_CLIENT_ID, config=config)
+        return UserApp(
+            "compute-endpoint", client_id=client_id or DEFAULT_USER_CLIENT_ID, config=config
+        )
     except ValueError as e:
         # globus-sdk knows no "local" auth environment; the official tools need the same knob.
         raise ConfigError(
@@ -105,7 +109,9 @@ class ComputeService:
         try:
             resp = fn(*args)
         except globus_sdk.GlobusAPIError as e:
-            raise ServiceError(f"{what} refused ({e.http_status}): {e.message}", e.http_status) from e
+            raise ServiceError(
+                f"{what} refused ({e.http_status}): {e.message}", e.http_status
+            ) from e
         except globus_sdk.NetworkError as e:
             raise ServiceUnreachable(f"{what}: cannot reach {self.base_url}: {e}") from e
         except globus_sdk.GlobusSDKUsageError as e:

@@ -54,8 +54,11 @@ def main() -> int:
         endpoint_id = stack.start_endpoint("demo")
         print(f"endpoint {endpoint_id} online after {time.monotonic() - t0:.1f}s")
         snippet = SDK_SNIPPET.format(endpoint_id=endpoint_id)
-        proc = subprocess.run([args.peer_python, "-c", snippet],
-                              env=stack.client_env(stack.root / "sdk-user"), check=False)
+        proc = subprocess.run(
+            [args.peer_python, "-c", snippet],
+            env=stack.client_env(stack.root / "sdk-user"),
+            check=False,
+        )
         if proc.returncode != 0:
             print(stack.log_text("endpoint:demo")[-3000:], file=sys.stderr)
         return proc.returncode

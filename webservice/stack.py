@@ -52,15 +52,25 @@ class Stack:
             self.rabbit.start()
         self._spawn(
             "webservice",
-            [_bin("compute-webservice"), "serve", "--port", str(self.port),
-             "--amqp-url", self.rabbit.url, "--db", str(self.db)],
+            [
+                _bin("compute-webservice"),
+                "serve",
+                "--port",
+                str(self.port),
+                "--amqp-url",
+                self.rabbit.url,
+                "--db",
+                str(self.db),
+            ],
             env=os.environ.copy(),
         )
         self._wait_http(f"{self.url}/v2/version", what="web service")
         if not self.client_id:
             out = subprocess.run(
                 [_bin("compute-webservice"), "create-client", "--db", str(self.db)],
-                check=True, capture_output=True, text=True,
+                check=True,
+                capture_output=True,
+                text=True,
             ).stdout
             creds = json.loads(out)
             self.client_id, self.client_secret = creds["client_id"], creds["client_secret"]
@@ -92,8 +102,11 @@ class Stack:
         ep_dir = self.root / "user" / name
         ep_json = ep_dir / "endpoint.json"
         before = ep_json.stat().st_mtime if ep_json.exists() else 0.0
-        self._spawn(f"endpoint:{name}", [_bin("compute-endpoint"), "start", name],
-                    env=self.client_env(self.root / "user"))
+        self._spawn(
+            f"endpoint:{name}",
+            [_bin("compute-endpoint"), "start", name],
+            env=self.client_env(self.root / "user"),
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if ep_json.exists() and ep_json.stat().st_mtime > before:
@@ -119,8 +132,13 @@ class Stack:
         user_dir = self.root / "official-user"
         env = self.client_env(user_dir)
         cli = str(peer_bin / "globus-compute-endpoint")
-        subprocess.run([cli, "configure", "--multi-user", "false", name], env=env,
-                       check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            [cli, "configure", "--multi-user", "false", name],
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
         ep_dir = user_dir / name
         (ep_dir / "config.yaml").write_text(f"display_name: {name}\nheartbeat_period: 5\n")
         (ep_dir / "user_config_template.yaml.j2").write_text(template)
@@ -154,15 +172,18 @@ class Stack:
         req = urllib.request.Request(
             f"{self.url}/v2/oauth2/token",
             data=f"grant_type=client_credentials&scope={scope}".encode(),
-            headers={"Authorization": f"Basic {basic}",
-                     "Content-Type": "application/x-www-form-urlencoded"},
+            headers={
+                "Authorization": f"Basic {basic}",
+                "Content-Type": "application/x-www-form-urlencoded",
+            },
         )
         with urllib.request.urlopen(req, timeout=10) as resp:
             return str(json.load(resp)["access_token"])
 
     def get(self, path: str) -> Any:
-        req = urllib.request.Request(f"{self.url}{path}",
-                                     headers={"Authorization": f"Bearer {self.token()}"})
+        req = urllib.request.Request(
+            f"{self.url}{path}", headers={"Authorization": f"Bearer {self.token()}"}
+        )
         with urllib.request.urlopen(req, timeout=10) as resp:
             return json.load(resp)
 
@@ -191,7 +212,9 @@ class Stack:
     def _check_alive(self, name: str) -> None:
         proc = self.procs[name]
         if proc.poll() is not None:
-            raise RuntimeError(f"{name} exited with {proc.returncode}:\n{self.log_text(name)[-3000:]}")
+            raise RuntimeError(
+                f"{name} exited with {proc.returncode}:\n{self.log_text(name)[-3000:]}"
+            )
 
     def _wait_http(self, url: str, what: str, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout

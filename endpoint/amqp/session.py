@@ -39,10 +39,8 @@ def with_port(url: str, port: int | None) -> str:
     parts = urllib.parse.urlsplit(url)
     netloc = parts.netloc.rsplit("@", 1)
     host = netloc[-1]
-    if host.startswith("["):
-        host = host[: host.index("]") + 1]
-    else:
-        host = host.split(":", 1)[0]
+    # keep an IPv6 literal's brackets; drop any old port
+    host = host[: host.index("]") + 1] if host.startswith("[") else host.split(":", 1)[0]
     new = f"{netloc[0]}@{host}:{port}" if len(netloc) == 2 else f"{host}:{port}"
     return urllib.parse.urlunsplit(parts._replace(netloc=new))
 
@@ -179,7 +177,9 @@ class AmqpSession:
         ) -> None:
             self._events.on_delivery(gen, method.delivery_tag, props.headers or {}, body)
 
-        ch.basic_consume(self._queue, on_message, exclusive=True, callback=lambda _f: self._became_ready())
+        ch.basic_consume(
+            self._queue, on_message, exclusive=True, callback=lambda _f: self._became_ready()
+        )
 
     def _became_ready(self) -> None:
         self._ready = True
@@ -249,7 +249,10 @@ class AmqpSession:
     ) -> None:
         log.warning(
             "%s: message %s returned unroutable (%s %s)",
-            self.name, props.message_id, method.reply_code, method.reply_text,
+            self.name,
+            props.message_id,
+            method.reply_code,
+            method.reply_text,
         )
         if props.message_id:
             self._returned.add(props.message_id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -154,7 +155,11 @@ def _status(data: dict[str, Any]) -> EPStatusReport:
     )
 
 
-_DECODERS = {"task": _task, "result": _result, "ep_status_report": _status}
+_DECODERS: dict[str, Callable[[dict[str, Any]], Message]] = {
+    "task": _task,
+    "result": _result,
+    "ep_status_report": _status,
+}
 
 
 def unpack(raw: bytes) -> Message:

@@ -53,7 +53,11 @@ def run_sdk(stack: Stack, peer_python: Path) -> SdkRunner:
         env = stack.client_env(stack.root / "sdk-user")
         proc = subprocess.run(
             [str(peer_python), "-c", textwrap.dedent(snippet)],
-            env=env, capture_output=True, text=True, timeout=timeout, check=False,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
         if proc.returncode != 0:
             raise AssertionError(

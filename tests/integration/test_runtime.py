@@ -45,13 +45,25 @@ class Broker:
         self.url = url
 
     def info(self, queue: str) -> QueueInfo:
-        return QueueInfo(connection_url=self.url, queue=queue, exchange="", routing_key=queue,
-                         properties={"delivery_mode": 2})
+        return QueueInfo(
+            connection_url=self.url,
+            queue=queue,
+            exchange="",
+            routing_key=queue,
+            properties={"delivery_mode": 2},
+        )
 
     def send(self, task_id: str, body: bytes, **headers: Any) -> None:
-        h = {"task_uuid": task_id, "function_uuid": str(uuid.uuid4()),
-             "resource_specification": "null", "result_serializers": [], **headers}
-        self.ch.basic_publish("", self.tasks, body, pika.BasicProperties(headers=h, delivery_mode=2))
+        h = {
+            "task_uuid": task_id,
+            "function_uuid": str(uuid.uuid4()),
+            "resource_specification": "null",
+            "result_serializers": [],
+            **headers,
+        }
+        self.ch.basic_publish(
+            "", self.tasks, body, pika.BasicProperties(headers=h, delivery_mode=2)
+        )
 
     def collect(self, n: int, timeout: float = 30) -> list[Result]:
         out: list[Result] = []
@@ -169,8 +181,12 @@ def test_recovery_resends_journaled_results_and_runs_unstarted_tasks(
     fresh_id, fresh_body = task_message(square, 5)
     journal = Journal(tmp_path / "journal.db")
     with journal.batch() as b:
-        b.add_tasks([JournaledTask(done_id, "f", b"", [], None),
-                     JournaledTask(fresh_id, "f", fresh_body, [], None)])
+        b.add_tasks(
+            [
+                JournaledTask(done_id, "f", b"", [], None),
+                JournaledTask(fresh_id, "f", fresh_body, [], None),
+            ]
+        )
         b.mark_started([done_id])
         b.set_results([(done_id, done_result)])
     journal.close()

@@ -12,8 +12,9 @@ from endpoint.protocol.messages import Result, unpack
 EP = str(uuid.uuid4())
 
 
-def delivery(tag: int, *, gen: int = 1, task_id: str | None = None, fid: str | None = None,
-             **headers: object) -> Delivery:
+def delivery(
+    tag: int, *, gen: int = 1, task_id: str | None = None, fid: str | None = None, **headers: object
+) -> Delivery:
     h: dict[str, object] = {
         "task_uuid": task_id or str(uuid.uuid4()),
         "function_uuid": fid or str(uuid.uuid4()),
@@ -36,7 +37,10 @@ def test_delivery_is_journaled_acked_and_run_within_the_window() -> None:
     plan = ix.on_deliveries(ds)
     assert [t.task_id for t in plan.add_tasks] == [d.headers["task_uuid"] for d in ds]
     assert plan.acks == [(1, 1), (1, 2), (1, 3)]
-    assert [s.task_id for s in plan.submit] == [ds[0].headers["task_uuid"], ds[1].headers["task_uuid"]]
+    assert [s.task_id for s in plan.submit] == [
+        ds[0].headers["task_uuid"],
+        ds[1].headers["task_uuid"],
+    ]
     assert plan.started == [s.task_id for s in plan.submit]
     assert len(ix.pending) == 1
 
@@ -99,7 +103,7 @@ def test_disallowed_function_gets_a_failure_result_without_running() -> None:
     d = delivery(1)
     plan = ix.on_deliveries([d])
     assert plan.submit == []
-    (tid, packed), = plan.publish
+    ((tid, packed),) = plan.publish
     msg = unpack(packed)
     assert isinstance(msg, Result) and msg.error_details is not None
     assert msg.error_details["code"] == "FUNCTION_NOT_ALLOWED"
@@ -109,7 +113,7 @@ def test_disallowed_function_gets_a_failure_result_without_running() -> None:
 def test_bad_resource_specification_gets_a_clear_failure() -> None:
     ix = connected()
     plan = ix.on_deliveries([delivery(1, resource_specification="{not json")])
-    (_, packed), = plan.publish
+    ((_, packed),) = plan.publish
     msg = unpack(packed)
     assert isinstance(msg, Result)
     assert "resource_specification" in msg.data
@@ -151,7 +155,7 @@ def test_recovery_resends_results_runs_unstarted_and_fails_interrupted() -> None
     ix = Interchange(EP, window=4)
     plan = ix.recover([done, fresh, crashed])
     assert [s.task_id for s in plan.submit] == [fresh.task_id]
-    (tid, packed), = plan.results
+    ((tid, packed),) = plan.results
     assert tid == crashed.task_id
     msg = unpack(packed)
     assert isinstance(msg, Result) and msg.error_details is not None
