@@ -94,7 +94,8 @@ Message = Task | Result | EPStatusReport
 def pack(msg: Message) -> bytes:
     """Serialize a message exactly as the official packer does."""
     doc = {"message_type": msg.message_type, "data": msg.to_wire()}
-    return PROTOCOL_VERSION + json.dumps(doc, separators=(",", ":")).encode()
+    # The official packer writes raw UTF-8, not \u escapes: match it byte for byte.
+    return PROTOCOL_VERSION + json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _uuid_str(value: Any, key: str) -> str:

@@ -1,0 +1,244 @@
+"""The engine interface, and what the local pool engines (threads, processes) share.
+
+An engine takes packed Task messages and eventually answers each one with exactly one packed
+Result through the `ResultCallback` given to `Engine.start`. What a worker does with a task
+lives in `endpoint.worker.execute`; engines only move tasks and results around.
+
+Engine-level error codes (the worker's own codes are listed in `endpoint.worker.execute`):
+
+``WorkerLost``
+    The worker process died while running the task (``os._exit``, a signal, the OOM killer)
+    on every attempt allowed by ``max_retries_on_system_failure``. ``data`` lists each
+    attempt's reason.
+``ResourceSpecificationNotSupported``
+    The task carries a non-empty ``resource_specification``, which local pools cannot honour.
+``EngineFailure``
+    The engine itself cannot run tasks (for example worker processes fail to start).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from endpoint.errors import ConfigError, LifecycleError
+from endpoint.protocol.messages import ACTOR_INTERCHANGE, STATE_EXEC_END, Result, pack, transition
+from endpoint.protocol.results import env_details
+from endpoint.protocol.serialize import parse_allowlist
+from endpoint.worker.execute import WorkerOptions
+
+log = logging.getLogger(__name__)
+
+#: (task_id, packed Result); engines may call it from any thread.
+ResultCallback = Callable[[str, bytes], None]
+
+CODE_WORKER_LOST = "WorkerLost"
+CODE_RESOURCE_SPEC = "ResourceSpecificationNotSupported"
+CODE_ENGINE_FAILURE = "EngineFailure"
+STATE_WAITING_FOR_LAUNCH = "waiting-for-launch"
+DEFAULT_WORKING_DIR = "tasks_working_dir"
+DEFAULT_RESULT_SIZE_LIMIT = 10 * 1024 * 1024
+
+
+@dataclass
+class TaskSubmission:
+    task_id: str
+    packed_task: bytes
+    result_serializers: list[str]
+    resource_specification: dict[str, Any] | None = None
+
+
+class Engine(ABC):
+    """Runs tasks; every submitted task gets exactly one Result through `on_result`."""
+
+    @abstractmethod
+    def start(self, *, endpoint_id: str, run_dir: Path, on_result: ResultCallback) -> None:
+        """Get ready to run tasks; `run_dir` is the endpoint directory."""
+
+    @abstractmethod
+    def submit(self, task: TaskSubmission) -> None:
+        """Queue a task; never blocks long. Its Result arrives via `on_result` exactly once."""
+
+    @abstractmethod
+    def status(self) -> dict[str, Any]:
+        """The engine part of a heartbeat's ``global_state``; callable before `start`."""
+
+    @abstractmethod
+    def shutdown(self, *, wait: bool = True) -> None:
+        """Stop. ``wait=True`` first finishes every submitted task (delivering its Result);
+        ``wait=False`` returns at once and unfinished tasks get no Result."""
+
+
+def engine_error_result(
+    task_id: str, code: str, message: str, endpoint_id: str, launched_ns: int | None = None
+) -> bytes:
+    """A packed error Result decided by the engine rather than by a worker."""
+    end = transition(STATE_EXEC_END, ACTOR_INTERCHANGE)
+    statuses = [end]
+    if launched_ns is not None:
+        launched = {**end, "timestamp": launched_ns, "state": STATE_WAITING_FOR_LAUNCH}
+        statuses.insert(0, launched)
+    return pack(
+        Result(
+            task_id=task_id,
+            data=f"{code}: {message}\n",
+            details=env_details(endpoint_id),
+            error_details={"code": code, "user_message": message},
+            task_statuses=statuses,
+        )
+    )
+
+
+def available_mem_gib() -> float:
+    """Memory available for new work, in GiB (MemAvailable, which counts reclaimable cache)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return round(int(line.split()[1]) / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return round(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30, 1)
+    except (OSError, ValueError, AttributeError):
+        return 0.0
+
+
+def _non_negative_int(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{key} must be a non-negative integer, got {value!r}")
+    return value
+
+
+def _positive_int(key: str, value: Any) -> int:
+    if _non_negative_int(key, value) == 0:
+        raise ConfigError(f"{key} must be at least 1, got {value!r}")
+    return int(value)
+
+
+class PoolEngine(Engine):
+    """Configuration, bookkeeping and status shared by the thread and process engines."""
+
+    def __init__(
+        self,
+        *,
+        max_workers: int,
+        label: str | None = None,
+        working_dir: str | os.PathLike[str] = DEFAULT_WORKING_DIR,
+        run_in_sandbox: bool = False,
+        allowed_serializers: list[str] | None = None,
+        max_retries_on_system_failure: int = 0,
+        result_size_limit: int = DEFAULT_RESULT_SIZE_LIMIT,
+    ) -> None:
+        self.max_workers = _positive_int("max_workers", max_workers)
+        self.label = label or type(self).__name__
+        if not isinstance(working_dir, str | os.PathLike) or not str(working_dir):
+            raise ConfigError(f"working_dir must be a path, got {working_dir!r}")
+        self.working_dir = Path(working_dir)
+        if not isinstance(run_in_sandbox, bool):
+            raise ConfigError(f"run_in_sandbox must be true or false, got {run_in_sandbox!r}")
+        self.run_in_sandbox = run_in_sandbox
+        self.allowed_serializers: tuple[str, ...] | None = None
+        if allowed_serializers is not None:
+            # Validate now so a bad config fails at startup, not on the first task.
+            parse_allowlist(allowed_serializers)
+            self.allowed_serializers = tuple(allowed_serializers)
+        self.max_retries = _non_negative_int(
+            "max_retries_on_system_failure", max_retries_on_system_failure
+        )
+        self.result_size_limit = _positive_int("result_size_limit", result_size_limit)
+        self.endpoint_id = ""
+        self._on_result: ResultCallback | None = None
+        self._options: WorkerOptions | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # ---- lifecycle helpers -------------------------------------------------------------
+
+    def _prepare(self, endpoint_id: str, run_dir: Path, on_result: ResultCallback) -> None:
+        if self._options is not None:
+            raise LifecycleError(f"{self.label} is already started")
+        task_dir = self.working_dir
+        if not task_dir.is_absolute():
+            task_dir = Path(run_dir) / task_dir
+        task_dir = task_dir.resolve()
+        try:
+            task_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"working_dir {task_dir} cannot be created: {e}") from e
+        self.endpoint_id = str(endpoint_id)
+        self._on_result = on_result
+        self._options = WorkerOptions(
+            endpoint_id=self.endpoint_id,
+            run_dir=str(task_dir),
+            run_in_sandbox=self.run_in_sandbox,
+            allowed_serializers=self.allowed_serializers,
+            result_size_limit=self.result_size_limit,
+        )
+
+    @property
+    def options(self) -> WorkerOptions:
+        if self._options is None:
+            raise LifecycleError(f"{self.label} is not started")
+        return self._options
+
+    def _check_open(self) -> None:
+        if self._options is None:
+            raise LifecycleError(f"{self.label} is not started; call start() first")
+        if self._closed:
+            raise LifecycleError(f"{self.label} is shut down")
+
+    def _refusal(self, task: TaskSubmission) -> bytes | None:
+        """An error Result for a task this engine cannot run, or None."""
+        if not task.resource_specification:
+            return None
+        keys = ", ".join(sorted(map(str, task.resource_specification)))
+        return engine_error_result(
+            task.task_id,
+            CODE_RESOURCE_SPEC,
+            f"resource_specification is not supported by {type(self).__name__}"
+            f" (got: {keys}); use an engine that schedules resources, such as"
+            " GlobusComputeEngine or GlobusMPIEngine",
+            self.endpoint_id,
+        )
+
+    def _deliver(self, task_id: str, packed: bytes) -> None:
+        callback = self._on_result
+        if callback is None:  # unreachable after start(); keeps mypy and us honest
+            log.error("%s: result for %s before start(); dropped", self.label, task_id)
+            return
+        try:
+            callback(task_id, packed)
+        except Exception:
+            # A failing consumer must not kill the engine thread that found the result.
+            log.exception("%s: result callback failed for task %s", self.label, task_id)
+
+    # ---- status ------------------------------------------------------------------------
+
+    @abstractmethod
+    def _counts(self) -> tuple[int, int, int]:
+        """(pending, running, idle_workers) right now."""
+
+    def status(self) -> dict[str, Any]:
+        pending, running, idle = self._counts()
+        return {
+            "total_cores": os.cpu_count() or 1,
+            "total_mem": available_mem_gib(),
+            "total_core_hrs": 0,
+            "total_workers": self.max_workers,
+            "pending_tasks": pending,
+            "outstanding_tasks": pending + running,
+            "idle_workers": idle,
+            "scaling_enabled": False,
+            "max_blocks": 1,
+            "min_blocks": 1,
+            "max_workers_per_node": self.max_workers,
+            "nodes_per_block": 1,
+            "engine_type": type(self).__name__,
+        }
