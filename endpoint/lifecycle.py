@@ -117,14 +117,20 @@ class PidLock:
     def acquire(cls, ep_dir: Path) -> PidLock:
         path = ep_dir / PID_FILE
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            pid = read_pid(ep_dir)
-            raise AlreadyRunning(
-                f"endpoint {ep_dir.name} is already running (pid {pid}); stop it first"
-            ) from None
+        # A concurrent `list` holds a shared lock for microseconds: retry briefly before
+        # concluding that another endpoint owns the directory.
+        for attempt in range(5):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt == 4:
+                    os.close(fd)
+                    pid = read_pid(ep_dir)
+                    raise AlreadyRunning(
+                        f"endpoint {ep_dir.name} is already running (pid {pid}); stop it first"
+                    ) from None
+                time.sleep(0.02)
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         return cls(path, fd)
