@@ -140,7 +140,10 @@ class Stack:
             timeout=120,
         )
         ep_dir = user_dir / name
-        (ep_dir / "config.yaml").write_text(f"display_name: {name}\nheartbeat_period: 5\n")
+        # As root the official endpoint insists on a contact email, even with --multi-user false.
+        (ep_dir / "config.yaml").write_text(
+            f"display_name: {name}\nheartbeat_period: 5\nemail: tester@example.org\n"
+        )
         (ep_dir / "user_config_template.yaml.j2").write_text(template)
         # The core endpoint starts user endpoints with a scrubbed environment.
         (ep_dir / "user_environment.yaml").write_text(

@@ -1,0 +1,264 @@
+"""Submission: from a `POST /v3/endpoints/{id}/submit` body to task messages on the broker.
+
+A single-user endpoint (ours, registered with `metadata.endpoint_mode == "single_user"`)
+consumes `<endpoint>.tasks` itself. Any other endpoint is a manager: the tasks go to the queue of
+the submitter's user endpoint, after a `cmd_start_endpoint` that makes the manager start it.
+
+The tasks are stored before they are published, so a result can never arrive for a task the
+service does not know; every publish of a batch is in flight at once and the reply waits for
+the broker's confirms, so an answered submit is a durable one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+import pika
+
+from endpoint.protocol.messages import Task, pack
+from webservice.amqp import AmqpLink
+from webservice.commands import (
+    command_properties,
+    encode_command,
+    start_command,
+    uep_id,
+    uep_name,
+)
+from webservice.errors import BrokerUnavailable, Forbidden, NotFound
+from webservice.liveness import is_online
+from webservice.models import SubmitIn, canonical_uuid
+from webservice.security import Caller
+from webservice.settings import Settings
+from webservice.store import Store
+from webservice.store.credentials import identity_username
+from webservice.store.endpoints import Endpoint, UserEndpoint
+from webservice.store.functions import Function
+from webservice.store.tasks import NewTask, TaskGroup
+from webservice.topology import TASKS_EXCHANGE, Topology, commands_queue, tasks_queue
+
+log = logging.getLogger(__name__)
+
+
+class Dispatcher:
+    def __init__(self, settings: Settings, store: Store, link: AmqpLink, topology: Topology):
+        self._settings = settings
+        self._store = store
+        self._link = link
+        self._topology = topology
+        # When each UEP's start command was last sent (monotonic), to pace revivals.
+        self._started_at: dict[str, float] = {}
+
+    async def submit(
+        self, caller: Caller, endpoint_id: str, body: SubmitIn, received_ns: int
+    ) -> dict[str, Any]:
+        endpoint = self._endpoint_for_submit(caller, endpoint_id)
+        functions = self._functions_for_submit(caller, endpoint, body.tasks)
+        group = self._task_group(caller, body.task_group_id)
+        if body.create_queue:
+            await self._ensure_result_queue(group)
+        pending: list[asyncio.Future[None]] = []
+        route_id = endpoint.endpoint_id
+        if endpoint.is_manager:
+            route_id, command = await self._user_endpoint(caller, endpoint, body)
+            pending.append(command)
+        else:
+            await self._topology.ensure_tasks_queue(route_id)
+        new_tasks, ids_by_key = self._new_tasks(
+            caller, endpoint.endpoint_id, route_id, group, body, functions, received_ns
+        )
+        self._store.tasks.add(new_tasks)
+        try:
+            self._publish_tasks(route_id, new_tasks, body, functions, pending)
+            await self._confirmed(pending)
+        except BrokerUnavailable:
+            # The caller never learns these ids: forget them, the SDK resubmits on 503.
+            self._store.tasks.discard([t.task_id for t in new_tasks])
+            _ignore_outcomes(pending)
+            raise
+        return {
+            "request_id": str(uuid.uuid4()),
+            "task_group_id": group.task_group_id,
+            "endpoint_id": endpoint.endpoint_id,
+            "tasks": ids_by_key,
+        }
+
+    # --- checks ---------------------------------------------------------------------------
+
+    def _endpoint_for_submit(self, caller: Caller, endpoint_id: str) -> Endpoint:
+        endpoint = self._store.endpoints.get(endpoint_id)
+        if endpoint is None:
+            raise NotFound(f"endpoint {endpoint_id} not found")
+        if endpoint.owner != caller.identity and not endpoint.public:
+            raise Forbidden(f"endpoint {endpoint_id} is not yours and not public")
+        return endpoint
+
+    def _functions_for_submit(
+        self, caller: Caller, endpoint: Endpoint, tasks: dict[str, list[str]]
+    ) -> dict[str, Function]:
+        """Function per submitted key; each must exist, be visible and be allowed."""
+        wanted = {key: canonical_uuid(key) for key in tasks}
+        found = self._store.functions.get_many(set(wanted.values()))
+        allowed = set(endpoint.allowed_functions)
+        functions = {}
+        for key, fid in wanted.items():
+            fn = found.get(fid)
+            if fn is None:
+                raise NotFound(f"function {fid} not found")
+            if not fn.visible_to(caller.identity):
+                raise Forbidden(f"function {fid} is not yours and not public")
+            if allowed and fid not in allowed:
+                raise Forbidden(
+                    f"function {fid} is not in the allowed_functions of endpoint "
+                    f"{endpoint.endpoint_id}"
+                )
+            functions[key] = fn
+        return functions
+
+    def _task_group(self, caller: Caller, task_group_id: str | None) -> TaskGroup:
+        tg = task_group_id or str(uuid.uuid4())
+        group = self._store.tasks.get_group(tg)
+        if group is None:
+            return self._store.tasks.create_group(tg, caller.identity, time.time())
+        if group.owner != caller.identity:
+            raise Forbidden(f"task group {tg} belongs to another identity")
+        return group
+
+    # --- broker ---------------------------------------------------------------------------
+
+    async def _ensure_result_queue(self, group: TaskGroup) -> None:
+        queue = f"{self._settings.queue_prefix}{group.task_group_id}"
+        # Declared before the reply: the SDK's result watcher consumes it without declaring.
+        await self._topology.ensure_queue(queue)
+        if group.queue_name != queue:
+            self._store.tasks.set_group_queue(group.task_group_id, queue)
+
+    async def _user_endpoint(
+        self, caller: Caller, manager: Endpoint, body: SubmitIn
+    ) -> tuple[str, asyncio.Future[None]]:
+        """The caller's UEP on `manager`: its queue declared and its start command sent."""
+        uid = uep_id(manager.endpoint_id, caller.identity, body.user_endpoint_config)
+        uep = UserEndpoint(
+            uep_id=uid,
+            manager_id=manager.endpoint_id,
+            owner=caller.identity,
+            name=uep_name(manager.endpoint_id, uid),
+            user_opts=body.user_endpoint_config or {},
+            user_runtime=body.user_runtime or {},
+        )
+        self._store.endpoints.save_uep(uep)
+        # The queue must exist before the UEP starts: a missing one silently starves it.
+        await self._topology.ensure_tasks_queue(uid)
+        return uid, await self._send_start(uep)
+
+    async def _send_start(self, uep: UserEndpoint) -> asyncio.Future[None]:
+        await self._topology.ensure_queue(commands_queue(uep.manager_id))
+        self._started_at[uep.uep_id] = time.monotonic()
+        command = start_command(uep, identity_username(uep.owner), self._settings.handout_amqp_url)
+        return self._link.publish(
+            "", commands_queue(uep.manager_id), encode_command(command), command_properties()
+        )
+
+    def _new_tasks(
+        self,
+        caller: Caller,
+        endpoint_id: str,
+        route_id: str,
+        group: TaskGroup,
+        body: SubmitIn,
+        functions: dict[str, Function],
+        received_ns: int,
+    ) -> tuple[list[NewTask], dict[str, list[str]]]:
+        new_tasks: list[NewTask] = []
+        ids_by_key: dict[str, list[str]] = {}
+        for key, payloads in body.tasks.items():
+            fid = functions[key].function_id
+            ids = [str(uuid.uuid4()) for _ in payloads]
+            ids_by_key[key] = ids
+            new_tasks.extend(
+                NewTask(
+                    tid,
+                    group.task_group_id,
+                    fid,
+                    endpoint_id,
+                    route_id,
+                    caller.identity,
+                    received_ns,
+                )
+                for tid in ids
+            )
+        return new_tasks, ids_by_key
+
+    def _publish_tasks(
+        self,
+        route_id: str,
+        new_tasks: list[NewTask],
+        body: SubmitIn,
+        functions: dict[str, Function],
+        confirms: list[asyncio.Future[None]],
+    ) -> None:
+        """Publish every task now, adding each confirm future to `confirms`."""
+        code = {fn.function_id: fn.code for fn in functions.values()}
+        payloads = [p for plist in body.tasks.values() for p in plist]
+        spec = (
+            "null"
+            if body.resource_specification is None
+            else json.dumps(body.resource_specification)
+        )
+        serializers = body.result_serializers or []
+        queue = tasks_queue(route_id)
+        for task, payload in zip(new_tasks, payloads, strict=True):
+            message = Task(task_id=task.task_id, task_buffer=code[task.function_id] + payload)
+            props = pika.BasicProperties(
+                content_type="application/json",
+                delivery_mode=2,
+                headers={
+                    "function_uuid": task.function_id,
+                    "task_uuid": task.task_id,
+                    "resource_specification": spec,
+                    "result_serializers": serializers,
+                },
+            )
+            confirms.append(self._link.publish(TASKS_EXCHANGE, queue, pack(message), props))
+
+    async def _confirmed(self, futures: list[asyncio.Future[None]]) -> None:
+        try:
+            await asyncio.wait_for(asyncio.gather(*futures), self._settings.confirm_timeout_s)
+        except TimeoutError as e:
+            raise BrokerUnavailable("the broker did not confirm the tasks in time") from e
+
+    # --- manager heartbeats ---------------------------------------------------------------
+
+    async def revive_user_endpoints(self, manager_id: str) -> None:
+        """Re-send start commands for offline UEPs that still have tasks waiting.
+
+        A UEP stops when idle, when its manager restarts, or its command may have expired
+        while the manager was away; tasks queued for it would wait forever without this.
+        """
+        now = time.time()
+        for uep in self._store.endpoints.ueps_with_pending_tasks(manager_id):
+            hb = self._store.heartbeats.get(uep.uep_id)
+            if is_online(hb, now, self._settings.default_heartbeat_period_s):
+                continue
+            since = time.monotonic() - self._started_at.get(uep.uep_id, -1e9)
+            if since < self._settings.uep_restart_grace_s:
+                continue  # its start command just went out: it is still starting
+            log.info("re-sending the start command of user endpoint %s", uep.uep_id)
+            try:
+                await self._confirmed([await self._send_start(uep)])
+            except BrokerUnavailable as e:
+                log.warning("could not re-send a start command: %s", e)
+
+
+def _ignore_outcomes(futures: list[asyncio.Future[None]]) -> None:
+    """Mark the outcomes of abandoned confirms as seen (no "never retrieved" warnings)."""
+    for fut in futures:
+        if fut.done():
+            if not fut.cancelled():
+                fut.exception()
+        else:
+            fut.add_done_callback(lambda f: f.cancelled() or f.exception())

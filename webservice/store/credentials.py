@@ -1,0 +1,155 @@
+"""OAuth2 clients and the tokens issued to them; only hashes of secrets and tokens are stored."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+
+from webservice.db import Database
+
+ACCESS = "access"
+REFRESH = "refresh"
+
+
+def token_hash(token: str) -> str:
+    # Tokens are 256 random bits, so an unsalted digest is safe and lets us look them up.
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _secret_hash(secret: str, salt: str) -> str:
+    # Salted, because a secret may be chosen by a person (`create-client --client-secret`).
+    return hashlib.sha256(f"{salt}:{secret}".encode()).hexdigest()
+
+
+def identity_username(identity: str) -> str:
+    # Globus Auth names a client's identity this way; endpoints log it.
+    return f"{identity}@clients.auth.globus.org"
+
+
+@dataclass(frozen=True)
+class Client:
+    client_id: str
+    name: str
+
+    @property
+    def username(self) -> str:
+        return identity_username(self.client_id)
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    kind: str
+    client_id: str
+    resource_server: str
+    scopes: tuple[str, ...]
+    issued_at: float
+    expires_at: float
+    refresh_hash: str | None
+
+
+class CredentialStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def create_client(
+        self, name: str = "", client_id: str | None = None, secret: str | None = None
+    ) -> tuple[str, str]:
+        """Create (or reset the secret of) a client; returns its id and the clear secret."""
+        cid = str(uuid.UUID(client_id)) if client_id else str(uuid.uuid4())
+        secret = secret or secrets.token_urlsafe(32)
+        salt = secrets.token_hex(8)
+        with self._db.tx() as c:
+            c.execute(
+                "INSERT INTO clients (client_id, secret_hash, name, created) VALUES (?,?,?,?)"
+                " ON CONFLICT (client_id) DO UPDATE SET secret_hash=excluded.secret_hash,"
+                " name=excluded.name",
+                (cid, f"{salt}${_secret_hash(secret, salt)}", name or cid, time.time()),
+            )
+        return cid, secret
+
+    def get_client(self, client_id: str) -> Client | None:
+        row = self._db.conn.execute(
+            "SELECT client_id, name FROM clients WHERE client_id=?", (client_id,)
+        ).fetchone()
+        return Client(row["client_id"], row["name"]) if row else None
+
+    def verify_client(self, client_id: str, secret: str) -> Client | None:
+        row = self._db.conn.execute(
+            "SELECT client_id, name, secret_hash FROM clients WHERE client_id=?", (client_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        salt, _, digest = row["secret_hash"].partition("$")
+        if not hmac.compare_digest(digest, _secret_hash(secret, salt)):
+            return None
+        return Client(row["client_id"], row["name"])
+
+    def issue(
+        self,
+        kind: str,
+        client_id: str,
+        resource_server: str,
+        scopes: list[str],
+        ttl_s: int,
+        refresh_hash: str | None = None,
+    ) -> tuple[str, TokenRecord]:
+        token = secrets.token_urlsafe(32)
+        now = time.time()
+        rec = TokenRecord(
+            kind, client_id, resource_server, tuple(scopes), now, now + ttl_s, refresh_hash
+        )
+        with self._db.tx() as c:
+            c.execute(
+                "INSERT INTO tokens (token_hash, kind, client_id, resource_server, scopes,"
+                " issued_at, expires_at, refresh_hash) VALUES (?,?,?,?,?,?,?,?)",
+                (
+                    token_hash(token),
+                    kind,
+                    client_id,
+                    resource_server,
+                    " ".join(scopes),
+                    rec.issued_at,
+                    rec.expires_at,
+                    refresh_hash,
+                ),
+            )
+        return token, rec
+
+    def lookup(self, token: str, kind: str = ACCESS) -> TokenRecord | None:
+        """The record of a live token of `kind`, or None (unknown, expired or revoked)."""
+        row = self._db.conn.execute(
+            "SELECT * FROM tokens WHERE token_hash=? AND kind=?", (token_hash(token), kind)
+        ).fetchone()
+        if row is None or row["expires_at"] <= time.time():
+            return None
+        return TokenRecord(
+            row["kind"],
+            row["client_id"],
+            row["resource_server"],
+            tuple(row["scopes"].split()),
+            row["issued_at"],
+            row["expires_at"],
+            row["refresh_hash"],
+        )
+
+    def revoke(self, token: str, client_id: str | None = None) -> bool:
+        """Forget a token (and, for a refresh token, the access tokens it minted)."""
+        digest = token_hash(token)
+        sql = "DELETE FROM tokens WHERE token_hash=?"
+        args: tuple[str, ...] = (digest,)
+        if client_id is not None:
+            sql += " AND client_id=?"
+            args += (client_id,)
+        with self._db.tx() as c:
+            cur = c.execute(sql, args)
+            if cur.rowcount:
+                c.execute("DELETE FROM tokens WHERE refresh_hash=?", (digest,))
+        return bool(cur.rowcount)
+
+    def purge_expired(self) -> int:
+        with self._db.tx() as c:
+            return c.execute("DELETE FROM tokens WHERE expires_at <= ?", (time.time(),)).rowcount
