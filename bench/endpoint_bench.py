@@ -69,6 +69,13 @@ def drive(
     return out
 
 
+FIGURES = ("service_latency_p50_ms", "sdk_latency_p50_ms", "noop_throughput_per_s")
+
+
+def summary(result: dict[str, Any]) -> str:
+    return " ".join(f"{k}={result[k]:.2f}" for k in FIGURES)
+
+
 def line(name: str, ours: float, official: float, higher_is_better: bool) -> str:
     ratio = ours / official if higher_is_better else official / ours
     return f"{name} ours={ours:.2f} official={official:.2f} ratio={ratio:.2f}"
@@ -81,8 +88,7 @@ def main() -> int:
     p.add_argument("--burst", type=int, default=2000)
     p.add_argument("--engines", default="thread,process")
     args = p.parse_args()
-    peer_bin = Path(args.peer_python).parent
-    lines = []
+    peer_bin = Path(args.peer_python).absolute().parent  # not resolve(): keep the venv path
     with Stack() as stack:
         stack.start_service()
         for short in args.engines.split(","):
@@ -91,19 +97,19 @@ def main() -> int:
             ours_id = stack.start_endpoint(f"bench-{short}")
             ours = drive(stack, args.peer_python, ours_id, args)
             stack.stop_endpoint(f"bench-{short}")
+            print(f"# {short} ours: {summary(ours)}", flush=True)
             off_id = stack.start_official_endpoint(
                 peer_bin, f"off-{short}", official_template(engine)
             )
             official = drive(stack, args.peer_python, off_id, args)
             stack.stop_official_endpoint(f"off-{short}")
+            print(f"# {short} official: {summary(official)}", flush=True)
             for fig, better_high in (
                 ("service_latency_p50_ms", False),
                 ("sdk_latency_p50_ms", False),
                 ("noop_throughput_per_s", True),
             ):
-                text = line(f"{short}.{fig}", ours[fig], official[fig], better_high)
-                print(text, flush=True)
-                lines.append(text)
+                print(line(f"{short}.{fig}", ours[fig], official[fig], better_high), flush=True)
     return 0
 
 

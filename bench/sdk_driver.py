@@ -37,7 +37,7 @@ def main():
             ids.append(fut.task_id)
         out["task_group_id"] = str(ex.task_group_id)
         out["sequential_task_ids"] = ids
-        out["sdk_latency_p50_ms"] = statistics.median(lat)
+        out["sdk_latency_p50_ms"] = statistics.median(lat) if lat else None
     with Executor(endpoint_id=a.endpoint_id) as ex:
         ex.api_burst_limit = 10**9
         ex.submit(noop).result(timeout=120)

@@ -131,6 +131,7 @@ class Stack:
         """
         user_dir = self.root / "official-user"
         env = self.client_env(user_dir)
+        peer_bin = peer_bin.absolute()  # the user endpoint starts in another directory
         cli = str(peer_bin / "globus-compute-endpoint")
         subprocess.run(
             [cli, "configure", "--multi-user", "false", name],
