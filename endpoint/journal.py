@@ -99,12 +99,15 @@ class Batch:
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
 
-    def add_tasks(self, tasks: Iterable[JournaledTask]) -> None:
+    def add_tasks(self, tasks: Iterable[JournaledTask], started: set[str]) -> None:
+        """Insert new tasks; those in `started` go to the engine in this same step.
+
+        The result starts empty (set_results records it), and the attempt count is written
+        here for tasks started at once, so the hot path costs one statement per task.
+        """
         self._db.executemany(
-            # attempts and result start empty: mark_started/set_results in the same
-            # transaction record them, so a plan's later steps are never counted twice.
             "INSERT OR IGNORE INTO tasks (task_id, function_id, body, result_serializers,"
-            " resource_spec) VALUES (?, ?, ?, ?, ?)",
+            " resource_spec, attempts) VALUES (?, ?, ?, ?, ?, ?)",
             [
                 (
                     t.task_id,
@@ -112,6 +115,7 @@ class Batch:
                     t.body,
                     json.dumps(t.result_serializers),
                     t.resource_spec,
+                    1 if t.task_id in started else 0,
                 )
                 for t in tasks
             ],

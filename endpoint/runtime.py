@@ -214,9 +214,11 @@ class EndpointRuntime:
 
     def _execute(self, plan: Plan) -> None:
         if plan.journal_writes:
+            started = set(plan.started)
+            added = {t.task_id for t in plan.add_tasks}
             with self.journal.batch() as b:
-                b.add_tasks(plan.add_tasks)
-                b.mark_started(plan.started)
+                b.add_tasks(plan.add_tasks, started)
+                b.mark_started(started - added)
                 b.set_results(plan.results)
                 b.forget(plan.forget)
         for generation, tag in plan.rejects:

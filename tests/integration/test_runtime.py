@@ -185,9 +185,9 @@ def test_recovery_resends_journaled_results_and_runs_unstarted_tasks(
             [
                 JournaledTask(done_id, "f", b"", [], None),
                 JournaledTask(fresh_id, "f", fresh_body, [], None),
-            ]
+            ],
+            started={done_id},
         )
-        b.mark_started([done_id])
         b.set_results([(done_id, done_result)])
     journal.close()
     rt = make_runtime(broker, tmp_path)
