@@ -12,8 +12,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
+from webservice.api.tasks import owned_group_id
 from webservice.context import Services, get_services
-from webservice.errors import Forbidden, NotFound
 from webservice.security import CallerDep
 
 router = APIRouter()
@@ -25,10 +25,5 @@ async def task_timings(
     caller: CallerDep,
     services: Annotated[Services, Depends(get_services)],
 ) -> JSONResponse:
-    tg = str(task_group_id)
-    group = services.store.tasks.get_group(tg)
-    if group is None:
-        raise NotFound(f"task group {tg} not found")
-    if group.owner != caller.identity:
-        raise Forbidden(f"task group {tg} is not yours")
+    tg = owned_group_id(task_group_id, caller, services)
     return JSONResponse({"tasks": services.store.tasks.timings(tg)})

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from webservice.context import Services, get_services
 from webservice.errors import Forbidden, NotFound
 from webservice.models import BatchStatusIn
-from webservice.security import CallerDep
+from webservice.security import Caller, CallerDep
 
 router = APIRouter()
 ServicesDep = Annotated[Services, Depends(get_services)]
@@ -37,16 +37,22 @@ async def batch_status(
     return JSONResponse({"response": "batch", "results": results})
 
 
-@router.get("/v2/taskgroup/{task_group_id}")
-async def get_task_group(
-    task_group_id: uuid.UUID, caller: CallerDep, services: ServicesDep
-) -> JSONResponse:
+def owned_group_id(task_group_id: uuid.UUID, caller: Caller, services: Services) -> str:
+    """The task group id as a string, after checking it exists and the caller owns it."""
     tg = str(task_group_id)
     group = services.store.tasks.get_group(tg)
     if group is None:
         raise NotFound(f"task group {tg} not found")
     if group.owner != caller.identity:
         raise Forbidden(f"task group {tg} is not yours")
+    return tg
+
+
+@router.get("/v2/taskgroup/{task_group_id}")
+async def get_task_group(
+    task_group_id: uuid.UUID, caller: CallerDep, services: ServicesDep
+) -> JSONResponse:
+    tg = owned_group_id(task_group_id, caller, services)
     ids = services.store.tasks.group_task_ids(tg)
     return JSONResponse({"taskgroup_id": tg, "tasks": [{"id": tid} for tid in ids]})
 
