@@ -5,6 +5,7 @@ For each engine (ThreadPool / ProcessPool, 2 workers) and each endpoint it measu
     → result published to the task group's queue (the service records both instants);
 (b) the same calls' latency as the official SDK sees it;
 (c) throughput of a burst of no-op tasks from one Executor.
+A zero-work endpoint runs first: its figures are the floor the shared parts impose.
 Prints `ENGINE.FIGURE ours=X official=Y ratio=Z` lines (ratio = ours/official for throughput,
 official/ours for latencies, so > 1 always means we are better).
 """
@@ -18,6 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+import echo_endpoint  # type: ignore[import-not-found]  # bench/ is on sys.path as a script
 
 from webservice.stack import Stack
 
@@ -87,10 +90,19 @@ def main() -> int:
     p.add_argument("--sequential", type=int, default=200)
     p.add_argument("--burst", type=int, default=2000)
     p.add_argument("--engines", default="thread,process")
+    p.add_argument("--no-floor", action="store_true", help="skip the zero-work endpoint run")
     args = p.parse_args()
     peer_bin = Path(args.peer_python).absolute().parent  # not resolve(): keep the venv path
     with Stack() as stack:
         stack.start_service()
+        if not args.no_floor:
+            echo_id, stop_echo = echo_endpoint.start(stack)
+            floor = drive(stack, args.peer_python, echo_id, args)
+            stop_echo.set()
+            print(
+                f"# floor (zero-work endpoint, shared service/broker/SDK): {summary(floor)}",
+                flush=True,
+            )
         for short in args.engines.split(","):
             engine = ENGINES[short]
             stack.configure_endpoint(f"bench-{short}", our_config(engine))
