@@ -197,3 +197,33 @@ def test_recovery_resends_journaled_results_and_runs_unstarted_tasks(
     thread.join(30)
     assert results == {done_id: 7, fresh_id: 25}
     assert Journal(tmp_path / "journal.db").count() == 0
+
+
+def test_broker_outage_is_survived_without_loss_or_duplicates(
+    rabbit: Any, broker: Broker, tmp_path: Path
+) -> None:
+    rt = make_runtime(broker, tmp_path)
+    thread = run_in_thread(rt)
+    expected = {}
+    for i in range(50):
+        tid, body = task_message(square, i)
+        expected[tid] = i * i
+        broker.send(tid, body)
+    first = broker.collect(50)
+    broker.conn.close()
+    rabbit.stop_app()  # the broker goes away under the running endpoint
+    time.sleep(3)
+    rabbit.start_app()
+    again = Broker(broker.url, broker.tasks.rsplit(".", 1)[0])
+    for i in range(50, 100):
+        tid, body = task_message(square, i)
+        expected[tid] = i * i
+        again.send(tid, body)
+    second = again.collect(50, timeout=60)
+    rt.request_stop()
+    thread.join(30)
+    time.sleep(0.5)
+    second += again.collect(1, timeout=1)  # anything extra would be a duplicate
+    got = [(r.task_id, deserialize(r.data)) for r in first + second]
+    assert len(got) == 100 and dict(got) == expected
+    again.conn.close()
