@@ -29,7 +29,7 @@ def broker_state_dir(db_path: str) -> Path:
     return Path(db_path).resolve().parent / "rabbitmq"
 
 
-def _port_is_free(port: int) -> bool:
+def port_is_free(port: int) -> bool:
     with socket.socket() as s:
         try:
             s.bind(("127.0.0.1", port))
@@ -48,7 +48,7 @@ def _stable_port(state_dir: Path) -> int:
     port_file = state_dir / PORT_FILE
     if port_file.exists():
         port = int(port_file.read_text().strip())
-        if _port_is_free(port):
+        if port_is_free(port):
             return port
         log.warning("embedded broker port %s is taken; picking another", port)
     port = free_port()

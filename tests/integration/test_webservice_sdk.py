@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import threading
 import uuid
@@ -23,6 +22,7 @@ import pytest
 
 from endpoint.protocol.messages import Result, Task, pack, unpack_as
 from webservice.broker import PrivateRabbit, free_port
+from webservice.server import port_is_free
 from webservice.settings import Settings
 from webservice.testing import ApiClient, ServiceThread, fetch_token
 
@@ -56,20 +56,11 @@ print(json.dumps({"fid": fid, "task_id": fut.task_id, "value": value,
 """
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 @pytest.fixture
 def sdk_service(rabbit: PrivateRabbit, tmp_path: Path) -> Iterator[ServiceThread]:
     if not PEER_PYTHON.exists():
         pytest.fail(f"{PEER_PYTHON} missing: run `make peers`")
-    port = SDK_PORT if _port_free(SDK_PORT) else free_port()
+    port = SDK_PORT if port_is_free(SDK_PORT) else free_port()
     settings = Settings(amqp_url=rabbit.url, db_path=str(tmp_path / "ws.db"))
     with ServiceThread(settings, host="localhost", port=port) as svc:
         yield svc
