@@ -32,7 +32,7 @@ demo: dev peers
 test: dev peers
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -q -ra tests
 
-test-unit: dev
+test-unit: dev peers
 	$(BIN)/pytest -q tests/unit
 
 test-integration: dev

@@ -285,8 +285,8 @@ class EndpointRuntime:
             self._step(0.2)
             if not self.ix.unconfirmed and self.ix.to_republish and self.ix.connected:
                 self._execute(self.ix.republish())
+        # The I/O thread runs queued calls in order, so this publish goes out before stop()'s close.
         self._heartbeat(active=False)
-        time.sleep(0.05)  # let the I/O thread write the final heartbeat before closing
         for s in {id(x): x for x in (self.consumer, self.publisher, self.hb_session)}.values():
             s.stop()
         self.engine.shutdown(wait=False)

@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from webservice.broker import PrivateRabbit
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def peer_python() -> Path:
+    """The python of the official SDK/endpoint venv (test peers only; `make peers`).
+
+    A missing peer fails the run: a comparison with the official code is never skipped.
+    """
+    path = Path(os.environ.get("PEER_PYTHON", ROOT / ".peer-venv" / "bin" / "python"))
+    if not path.exists():
+        pytest.fail(f"official peers missing at {path}: run `make peers`")
+    return path
 
 
 @pytest.fixture(scope="session")

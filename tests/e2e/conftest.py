@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import textwrap
 from collections.abc import Callable, Iterator
@@ -13,16 +12,6 @@ from typing import Any
 import pytest
 
 from webservice.stack import Stack
-
-ROOT = Path(__file__).resolve().parents[2]
-PEER_PYTHON = Path(os.environ.get("PEER_PYTHON", ROOT / ".peer-venv" / "bin" / "python"))
-
-
-@pytest.fixture(scope="session")
-def peer_python() -> Path:
-    if not PEER_PYTHON.exists():
-        pytest.fail(f"official peers missing at {PEER_PYTHON}: run `make peers`")
-    return PEER_PYTHON
 
 
 @pytest.fixture(scope="session")

@@ -104,6 +104,16 @@ def make_runtime(broker: Broker, ep_dir: Path, engine: str = "ThreadPoolEngine")
     )
 
 
+def send_squares(broker: Broker, numbers: range) -> dict[str, int]:
+    """Send square(i) for each i; return the expected result per task id."""
+    expected = {}
+    for i in numbers:
+        tid, body = task_message(square, i)
+        expected[tid] = i * i
+        broker.send(tid, body)
+    return expected
+
+
 def run_in_thread(rt: EndpointRuntime) -> threading.Thread:
     t = threading.Thread(target=rt.run, daemon=True)
     t.start()
@@ -113,11 +123,7 @@ def run_in_thread(rt: EndpointRuntime) -> threading.Thread:
 def test_every_task_gets_exactly_one_result(broker: Broker, tmp_path: Path) -> None:
     rt = make_runtime(broker, tmp_path)
     thread = run_in_thread(rt)
-    expected = {}
-    for i in range(300):
-        tid, body = task_message(square, i)
-        expected[tid] = i * i
-        broker.send(tid, body)
+    expected = send_squares(broker, range(300))
     results = broker.collect(300)
     rt.request_stop()
     thread.join(30)
@@ -205,21 +211,14 @@ def test_broker_outage_is_survived_without_loss_or_duplicates(
 ) -> None:
     rt = make_runtime(broker, tmp_path)
     thread = run_in_thread(rt)
-    expected = {}
-    for i in range(50):
-        tid, body = task_message(square, i)
-        expected[tid] = i * i
-        broker.send(tid, body)
+    expected = send_squares(broker, range(50))
     first = broker.collect(50)
     broker.conn.close()
     rabbit.stop_app()  # the broker goes away under the running endpoint
     time.sleep(3)
     rabbit.start_app()
     again = Broker(broker.url, broker.tasks.rsplit(".", 1)[0])
-    for i in range(50, 100):
-        tid, body = task_message(square, i)
-        expected[tid] = i * i
-        again.send(tid, body)
+    expected |= send_squares(again, range(50, 100))
     second = again.collect(50, timeout=60)
     rt.request_stop()
     thread.join(30)

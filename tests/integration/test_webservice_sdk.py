@@ -28,8 +28,6 @@ from webservice.testing import ApiClient, ServiceThread, fetch_token
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
-ROOT = Path(__file__).resolve().parents[2]
-PEER_PYTHON = ROOT / ".peer-venv" / "bin" / "python"
 SDK_PORT = 5000
 
 # Only when the service is not on the SDK's fixed local port: redirect the SDK's URL lookup.
@@ -58,8 +56,6 @@ print(json.dumps({"fid": fid, "task_id": fut.task_id, "value": value,
 
 @pytest.fixture
 def sdk_service(rabbit: PrivateRabbit, tmp_path: Path) -> Iterator[ServiceThread]:
-    if not PEER_PYTHON.exists():
-        pytest.fail(f"{PEER_PYTHON} missing: run `make peers`")
     port = SDK_PORT if port_is_free(SDK_PORT) else free_port()
     settings = Settings(amqp_url=rabbit.url, db_path=str(tmp_path / "ws.db"))
     with ServiceThread(settings, host="localhost", port=port) as svc:
@@ -81,7 +77,7 @@ def _fake_endpoint(url: str, endpoint_id: str, stop: threading.Event, seen: list
 
 
 def test_official_sdk_registers_submits_and_gets_results(
-    sdk_service: ServiceThread, rabbit: PrivateRabbit, tmp_path: Path
+    sdk_service: ServiceThread, rabbit: PrivateRabbit, tmp_path: Path, peer_python: Path
 ) -> None:
     cid, secret = sdk_service.create_client("sdk-user")
     api = ApiClient(sdk_service.url, cid, fetch_token(sdk_service.url, cid, secret))
@@ -103,7 +99,7 @@ def test_official_sdk_registers_submits_and_gets_results(
         script = URL_PATCH.format(url=sdk_service.url) + script
     try:
         proc = subprocess.run(
-            [str(PEER_PYTHON), "-c", script, ep],
+            [str(peer_python), "-c", script, ep],
             env=env,
             capture_output=True,
             text=True,

@@ -132,13 +132,6 @@ def test_malformed_input_raises_protocol_error(raw: bytes, problem: str) -> None
 # ---- the official packer, as a subprocess -------------------------------------------------
 
 
-def peer_python() -> str | None:
-    for candidate in (REPO / ".peer-venv/bin/python", Path("/tmp/peervenv/bin/python")):
-        if candidate.exists():
-            return str(candidate)
-    return None
-
-
 PEER_SCRIPT = textwrap.dedent(
     """
     import base64, json, sys
@@ -171,10 +164,8 @@ PEER_SCRIPT = textwrap.dedent(
 
 
 @pytest.fixture(scope="module")
-def official() -> tuple[list[bytes], list[str]]:
-    peer = peer_python()
-    if peer is None:
-        pytest.skip("the official SDK peer venv is not installed (make peers)")
+def official(peer_python: Path) -> tuple[list[bytes], list[str]]:
+    peer = str(peer_python)
     msgs = samples()
     specs = [[m.message_type, m.to_wire()] for m in msgs]
     ours = [base64.b64encode(pack(m)).decode() for m in msgs]

@@ -396,13 +396,6 @@ def test_fuzz_task_buffer(a: str, b: str) -> None:
 # ---- the official SDK, as a subprocess ----------------------------------------------------
 
 
-def peer_python() -> str | None:
-    for candidate in (REPO / ".peer-venv/bin/python", Path("/tmp/peervenv/bin/python")):
-        if candidate.exists():
-            return str(candidate)
-    return None
-
-
 # Both sides run this same file, so functions defined in it pickle identically (dill stores
 # them by value with their file name and line numbers).
 PEER_SCRIPT = textwrap.dedent(
@@ -494,10 +487,8 @@ PEER_SCRIPT = textwrap.dedent(
 
 
 @pytest.fixture(scope="module")
-def sides(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    peer = peer_python()
-    if peer is None:
-        pytest.skip("the official SDK peer venv is not installed (make peers)")
+def sides(tmp_path_factory: pytest.TempPathFactory, peer_python: Path) -> dict[str, Any]:
+    peer = str(peer_python)
     script = tmp_path_factory.mktemp("peer") / "serde_peer.py"
     script.write_text(PEER_SCRIPT)
 
