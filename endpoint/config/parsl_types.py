@@ -1,0 +1,109 @@
+"""Parsl objects named by ``type`` in a config: providers, launchers and address functions.
+
+`config.yaml` names Parsl classes the way the official endpoint does (``provider: {type:
+SlurmProvider, partition: ..., launcher: {type: SrunLauncher}}``). This module is the one place
+that maps those names to Parsl callables, checks the keys against the callable's signature (so a
+typo is a config error naming the key, not a ``TypeError`` deep inside Parsl), and builds the
+objects. Parsl is imported only when a config actually names one of its types.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable
+from typing import Any, Literal
+
+from endpoint.errors import ConfigError
+
+Kind = Literal["provider", "launcher", "address"]
+
+_MODULES: dict[str, str] = {
+    "provider": "parsl.providers",
+    "launcher": "parsl.launchers",
+    "address": "parsl.addresses",
+}
+
+#: Keys inside a spec of one kind that hold a nested spec of another kind.
+_NESTED: dict[str, dict[str, Kind]] = {"provider": {"launcher": "launcher"}}
+
+#: (path inside the spec, message)
+SpecError = tuple[tuple[str, ...], str]
+
+
+def valid_types(kind: Kind) -> list[str]:
+    module = importlib.import_module(_MODULES[kind])
+    if kind == "address":
+        return sorted(n for n in dir(module) if n.startswith("address_by_"))
+    return sorted(set(getattr(module, "__all__", [])))
+
+
+def resolve(kind: Kind, type_name: str) -> Callable[..., Any]:
+    """The Parsl callable for ``type_name``; a `ConfigError` listing valid names otherwise."""
+    names = valid_types(kind)
+    if type_name not in names:
+        raise ConfigError(
+            f"{type_name!r} is not a valid {kind} type; valid types: {', '.join(names)}"
+        )
+    module = importlib.import_module(_MODULES[kind])
+    found: Callable[..., Any] = getattr(module, type_name)
+    return found
+
+
+def _signature(target: Callable[..., Any]) -> tuple[set[str], set[str], bool]:
+    """(accepted keyword names, required names, accepts **kwargs)."""
+    func = target.__init__ if inspect.isclass(target) else target  # type: ignore[misc]
+    params = list(inspect.signature(func).parameters.values())
+    if params and params[0].name == "self":
+        params = params[1:]
+    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    required = {
+        p.name
+        for p in params
+        if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+    return names, required, any(p.kind == p.VAR_KEYWORD for p in params)
+
+
+def check_spec(kind: Kind, spec: Any) -> list[SpecError]:
+    """Every problem with ``spec`` (unknown type or key, missing required key), with paths."""
+    if isinstance(spec, str) and kind == "address":
+        return []
+    if not isinstance(spec, dict):
+        return [((), f"must be a mapping with a 'type' key, got {type(spec).__name__}")]
+    type_name = spec.get("type")
+    if not isinstance(type_name, str):
+        return [(("type",), f"missing the {kind} 'type' (e.g. {valid_types(kind)[0]})")]
+    try:
+        target = resolve(kind, type_name)
+    except ConfigError as e:
+        return [(("type",), str(e))]
+    names, required, open_kwargs = _signature(target)
+    errors: list[SpecError] = []
+    nested = _NESTED.get(kind, {})
+    for key, value in spec.items():
+        if key == "type" or value is None:
+            continue
+        if key in nested:
+            errors += [((key, *p), m) for p, m in check_spec(nested[key], value)]
+        elif key not in names and not open_kwargs:
+            errors.append(((key,), f"unknown option of {type_name}"))
+    present = {k for k, v in spec.items() if v is not None}
+    errors += [((key,), f"required by {type_name}") for key in sorted(required - present)]
+    return errors
+
+
+def build(kind: Kind, spec: Any) -> Any:
+    """Instantiate ``spec`` (a checked mapping); keys set to None are dropped, as upstream."""
+    if isinstance(spec, str) and kind == "address":
+        return spec
+    problems = check_spec(kind, spec)
+    if problems:
+        raise ConfigError(
+            "; ".join(f"{kind}.{'.'.join(p) or 'type'}: {m}" for p, m in problems)
+        )
+    kwargs = {k: v for k, v in spec.items() if k != "type" and v is not None}
+    for key, sub_kind in _NESTED.get(kind, {}).items():
+        if key in kwargs:
+            kwargs[key] = build(sub_kind, kwargs[key])
+    return resolve(kind, spec["type"])(**kwargs)
