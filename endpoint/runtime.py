@@ -21,6 +21,7 @@ from typing import Any
 
 from endpoint.amqp import AmqpSession, Outgoing, with_port
 from endpoint.engines.base import Engine
+from endpoint.idle import IdleTracker
 from endpoint.interchange import Delivery, Interchange, Plan
 from endpoint.journal import Journal
 from endpoint.lifecycle import TOUCH_EVERY_S, PidLock
@@ -61,6 +62,15 @@ class QueueInfo:
         )
 
 
+def set_title(title: str) -> None:
+    """Name the process in `ps` so operators can tell endpoints apart (best effort)."""
+    try:
+        import setproctitle  # installed with Parsl; absent only in unusual installs
+    except ImportError:
+        return
+    setproctitle.setproctitle(title)
+
+
 class EndpointRuntime:
     def __init__(
         self,
@@ -77,6 +87,9 @@ class EndpointRuntime:
         max_retries_on_system_failure: int,
         config_text: str,
         pid_lock: PidLock | None = None,
+        idle_heartbeats_soft: int = 0,
+        idle_heartbeats_hard: int = 5760,
+        title: str = "",
     ) -> None:
         self.endpoint_id = endpoint_id
         self.ep_dir = ep_dir
@@ -89,6 +102,9 @@ class EndpointRuntime:
         self._events: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._started = time.time()
+        self.idle = IdleTracker(idle_heartbeats_soft, idle_heartbeats_hard)
+        self.title = title or f"Globus Compute Endpoint ({endpoint_id})"
+        self.stop_reason = ""
         window = max(4, 2 * int(engine.status().get("total_workers") or 1))
         self.ix = Interchange(
             endpoint_id,
@@ -137,6 +153,7 @@ class EndpointRuntime:
             signal.signal(sig, self.request_stop)
 
     def run(self) -> None:
+        set_title(self.title)
         self.engine.start(
             endpoint_id=self.endpoint_id, run_dir=self.ep_dir, on_result=self._on_result
         )
@@ -156,6 +173,7 @@ class EndpointRuntime:
             now = time.monotonic()
             if now >= next_hb:
                 self._heartbeat(active=True)
+                self._check_idle()
                 next_hb = now + self.heartbeat_period
             if now >= next_touch and self.pid_lock is not None:
                 self.pid_lock.touch()
@@ -259,6 +277,16 @@ class EndpointRuntime:
         key = f"heartbeat:{time.monotonic_ns()}"
         self.hb_session.publish([self.heartbeats_q.outgoing(key, pack(report))])
 
+    def _check_idle(self) -> None:
+        c = self.ix.counters
+        # A task leaves ix.tasks only once its result is confirmed by the broker.
+        reason = self.idle.tick(c["received"], c["completed"], len(self.ix.tasks))
+        set_title(self.title + self.idle.title_hint(self.heartbeat_period))
+        if reason:
+            log.info("idle shutdown: %s", reason)
+            self.stop_reason = reason
+            self._stop.set()
+
     def _ep_info(self) -> dict[str, Any]:
         return {
             "posix_username": getpass.getuser(),
@@ -276,6 +304,7 @@ class EndpointRuntime:
     # ---- shutdown -----------------------------------------------------------------------
     def _shutdown(self) -> None:
         """Stop taking tasks, let running ones finish, flush results, say goodbye."""
+        set_title(self.title + " [shutdown in progress]")
         log.info("stopping: %s", self.ix.status())
         self.ix.stop_accepting()
         deadline = time.monotonic() + DRAIN_TIMEOUT_S

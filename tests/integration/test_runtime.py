@@ -18,7 +18,7 @@ import pytest
 
 from endpoint.engines import build_engine
 from endpoint.journal import Journal, JournaledTask
-from endpoint.protocol.messages import Result, Task, pack, unpack_as
+from endpoint.protocol.messages import EPStatusReport, Result, Task, pack, unpack_as
 from endpoint.protocol.serialize import deserialize, pack_buffers, serialize
 from endpoint.runtime import EndpointRuntime, QueueInfo
 
@@ -88,8 +88,10 @@ def broker(amqp_url: str, unique: str) -> Iterator[Broker]:
         b.conn.close()
 
 
-def make_runtime(broker: Broker, ep_dir: Path, engine: str = "ThreadPoolEngine") -> EndpointRuntime:
-    return EndpointRuntime(
+def make_runtime(
+    broker: Broker, ep_dir: Path, engine: str = "ThreadPoolEngine", **overrides: Any
+) -> EndpointRuntime:
+    options: dict[str, Any] = dict(
         endpoint_id=str(uuid.uuid4()),
         ep_dir=ep_dir,
         engine=build_engine({"type": engine, "max_workers": 2}),
@@ -102,6 +104,8 @@ def make_runtime(broker: Broker, ep_dir: Path, engine: str = "ThreadPoolEngine")
         max_retries_on_system_failure=0,
         config_text="engine: {type: ThreadPoolEngine}\n",
     )
+    options.update(overrides)
+    return EndpointRuntime(**options)
 
 
 def send_squares(broker: Broker, numbers: range) -> dict[str, int]:
@@ -227,3 +231,33 @@ def test_broker_outage_is_survived_without_loss_or_duplicates(
     got = [(r.task_id, deserialize(r.data)) for r in first + second]
     assert len(got) == 100 and dict(got) == expected
     again.conn.close()
+
+
+def test_idle_endpoint_stops_itself_after_its_work_is_done(broker: Broker, tmp_path: Path) -> None:
+    rt = make_runtime(broker, tmp_path, heartbeat_period=0.3, idle_heartbeats_soft=3)
+    thread = run_in_thread(rt)
+    expected = send_squares(broker, range(3))
+    results = broker.collect(3)
+    assert {r.task_id: deserialize(r.data) for r in results} == expected
+    thread.join(timeout=10)
+    assert not thread.is_alive(), "the idle endpoint kept running"
+    assert "idle_heartbeats_soft=3" in rt.stop_reason
+    beats = []
+    while (msg := broker.ch.basic_get(broker.beats, auto_ack=True))[0] is not None:
+        beats.append(msg[2])
+    last = unpack_as(beats[-1], EPStatusReport)
+    assert last.global_state["active"] is False
+
+
+def test_busy_endpoint_is_not_idle(broker: Broker, tmp_path: Path) -> None:
+    rt = make_runtime(broker, tmp_path, heartbeat_period=0.2, idle_heartbeats_soft=2)
+    thread = run_in_thread(rt)
+    try:
+        tid, body = task_message(time.sleep, 1.5)
+        broker.send(tid, body)
+        time.sleep(1.0)  # five heartbeats, all with the task outstanding
+        assert thread.is_alive()
+        assert len(broker.collect(1)) == 1
+    finally:
+        rt.request_stop()
+        thread.join(timeout=30)
