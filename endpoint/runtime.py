@@ -89,6 +89,7 @@ class EndpointRuntime:
         pid_lock: PidLock | None = None,
         idle_heartbeats_soft: int = 0,
         idle_heartbeats_hard: int = 5760,
+        heartbeat_threshold: float | None = None,
         title: str = "",
     ) -> None:
         self.endpoint_id = endpoint_id
@@ -118,13 +119,21 @@ class EndpointRuntime:
             consume_queue=tasks.queue,
             prefetch_count=prefetch_count,
             name="amqp-tasks",
+            dead_after=heartbeat_threshold,
         )
         self.publisher = self.consumer
         if results.connection_url != tasks.connection_url:
-            self.publisher = AmqpSession(results.connection_url, self, name="amqp-results")
+            self.publisher = AmqpSession(
+                results.connection_url, self, name="amqp-results", dead_after=heartbeat_threshold
+            )
         self.hb_session = self.publisher
         if heartbeats.connection_url != results.connection_url:
-            self.hb_session = AmqpSession(heartbeats.connection_url, self, name="amqp-heartbeats")
+            self.hb_session = AmqpSession(
+                heartbeats.connection_url,
+                self,
+                name="amqp-heartbeats",
+                dead_after=heartbeat_threshold,
+            )
 
     # ---- SessionEvents (called on AMQP I/O threads) ---------------------------------------
     def on_connected(self, session: AmqpSession, generation: int) -> None:

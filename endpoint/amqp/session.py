@@ -72,6 +72,24 @@ class Outgoing:
     mandatory: bool = True
 
 
+def connection_parameters(url: str, dead_after: float | None) -> pika.URLParameters:
+    """Parameters for `url`; `dead_after` (s) bounds broker silence and blocked publishing.
+
+    Values the URL sets itself (``heartbeat``, ``blocked_connection_timeout``) win: the
+    service that hands out the URL knows its broker.
+    """
+    params = pika.URLParameters(url)
+    if dead_after is None:
+        return params
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+    if "heartbeat" not in query:
+        # pika sends a heartbeat every timeout/2 and gives up on a silent peer after ~timeout.
+        params.heartbeat = max(2, int(dead_after))
+    if "blocked_connection_timeout" not in query:
+        params.blocked_connection_timeout = dead_after
+    return params
+
+
 class AmqpSession:
     def __init__(
         self,
@@ -81,8 +99,10 @@ class AmqpSession:
         consume_queue: str | None = None,
         prefetch_count: int = 256,
         name: str = "amqp",
+        dead_after: float | None = None,
     ) -> None:
         self.url = url
+        self.dead_after = dead_after
         self.name = name
         self._events = events
         self._queue = consume_queue
@@ -133,7 +153,7 @@ class AmqpSession:
         while not self._stopping.is_set():
             self._generation += 1
             self._conn = pika.SelectConnection(
-                pika.URLParameters(self.url),
+                connection_parameters(self.url, self.dead_after),
                 on_open_callback=self._on_open,
                 on_open_error_callback=self._on_open_error,
                 on_close_callback=self._on_closed,

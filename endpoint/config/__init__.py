@@ -1,6 +1,22 @@
-"""Endpoint configuration: inert pydantic models of config.yaml and their loader."""
+"""Endpoint configuration: inert pydantic models of config.yaml and their loader.
 
-from endpoint.config.loader import load_config, load_config_text
-from endpoint.config.model import EndpointConfig
+A document with ``engine:`` is a user endpoint (`EndpointConfig`); one without is a manager
+(`ManagerConfig`). `EngineConfig` is the base of the four engine models; their
+`EngineConfig.engine_spec` is what `endpoint.engines.build_engine` receives.
+"""
 
-__all__ = ["EndpointConfig", "load_config", "load_config_text"]
+from endpoint.config.check import check, describe
+from endpoint.config.engines import EngineConfig
+from endpoint.config.loader import load_config, load_config_text, load_endpoint_dir
+from endpoint.config.model import EndpointConfig, ManagerConfig
+
+__all__ = [
+    "EndpointConfig",
+    "EngineConfig",
+    "ManagerConfig",
+    "check",
+    "describe",
+    "load_config",
+    "load_config_text",
+    "load_endpoint_dir",
+]

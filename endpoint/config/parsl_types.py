@@ -1,4 +1,4 @@
-"""Parsl objects named by ``type`` in a config: providers, launchers and address functions.
+"""Parsl objects named by ``type`` in a config: providers, launchers, addresses, selectors.
 
 `config.yaml` names Parsl classes the way the official endpoint does (``provider: {type:
 SlurmProvider, partition: ..., launcher: {type: SrunLauncher}}``). This module is the one place
@@ -14,18 +14,34 @@ import inspect
 from collections.abc import Callable
 from typing import Any, Literal
 
+from endpoint.config.issues import did_you_mean
 from endpoint.errors import ConfigError
 
-Kind = Literal["provider", "launcher", "address"]
+Kind = Literal["provider", "launcher", "address", "manager_selector"]
 
 _MODULES: dict[str, str] = {
     "provider": "parsl.providers",
     "launcher": "parsl.launchers",
     "address": "parsl.addresses",
+    "manager_selector": "parsl.executors.high_throughput.manager_selector",
 }
 
 #: Keys inside a spec of one kind that hold a nested spec of another kind.
 _NESTED: dict[str, dict[str, Kind]] = {"provider": {"launcher": "launcher"}}
+
+#: Keys old configs carry that Parsl no longer has, with what to do instead.
+_GONE: dict[str, str] = {
+    "channel": "Parsl removed channels in 2024 (providers run their commands locally); remove"
+    " it, or run the endpoint on the scheduler's login node",
+    "incluster_config": "no longer an option of KubernetesProvider (it reads the in-cluster"
+    " configuration itself when it runs in a pod); remove it",
+}
+
+#: Types old configs name that Parsl no longer has.
+_GONE_TYPES: dict[str, str] = {
+    "CobaltProvider": "Parsl removed CobaltProvider (Cobalt, Theta and Cooley are retired)",
+    "AdHocProvider": "Parsl removed AdHocProvider",
+}
 
 #: (path inside the spec, message)
 SpecError = tuple[tuple[str, ...], str]
@@ -35,6 +51,8 @@ def valid_types(kind: Kind) -> list[str]:
     module = importlib.import_module(_MODULES[kind])
     if kind == "address":
         return sorted(n for n in dir(module) if n.startswith("address_by_"))
+    if kind == "manager_selector":
+        return sorted(n for n in dir(module) if n.endswith("ManagerSelector"))
     return sorted(set(getattr(module, "__all__", [])))
 
 
@@ -42,8 +60,10 @@ def resolve(kind: Kind, type_name: str) -> Callable[..., Any]:
     """The Parsl callable for ``type_name``; a `ConfigError` listing valid names otherwise."""
     names = valid_types(kind)
     if type_name not in names:
+        gone = _GONE_TYPES.get(type_name)
+        why = f"{gone}; " if gone else ""
         raise ConfigError(
-            f"{type_name!r} is not a valid {kind} type; valid types: {', '.join(names)}"
+            f"{type_name!r} is not a valid {kind} type; {why}valid types: {', '.join(names)}"
         )
     module = importlib.import_module(_MODULES[kind])
     found: Callable[..., Any] = getattr(module, type_name)
@@ -52,7 +72,9 @@ def resolve(kind: Kind, type_name: str) -> Callable[..., Any]:
 
 def _signature(target: Callable[..., Any]) -> tuple[set[str], set[str], bool]:
     """(accepted keyword names, required names, accepts **kwargs)."""
-    func = target.__init__ if inspect.isclass(target) else target  # type: ignore[misc]
+    if inspect.isclass(target) and target.__init__ is object.__init__:
+        return set(), set(), False  # object's (*args, **kwargs) accepts nothing in practice
+    func = target.__init__ if inspect.isclass(target) else target
     params = list(inspect.signature(func).parameters.values())
     if params and params[0].name == "self":
         params = params[1:]
@@ -63,6 +85,25 @@ def _signature(target: Callable[..., Any]) -> tuple[set[str], set[str], bool]:
         if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
     }
     return names, required, any(p.kind == p.VAR_KEYWORD for p in params)
+
+
+def options(kind: Kind, type_name: str) -> set[str]:
+    """The keyword options of a valid ``type_name`` (empty when it is not valid)."""
+    try:
+        return _signature(resolve(kind, type_name))[0]
+    except ConfigError:
+        return set()
+
+
+def _value_problem(key: str, value: Any) -> str | None:
+    # YAML 1.1 reads an unquoted 10:00:00 as the base-60 integer 36000, which Parsl would
+    # pass to the scheduler as minutes or seconds: a silent, wrong walltime.
+    if key == "walltime" and not isinstance(value, str):
+        return (
+            f"must be a string like '01:30:00', got the number {value!r} (YAML reads an"
+            " unquoted H:MM:SS with a non-zero first digit as a base-60 number; quote it)"
+        )
+    return None
 
 
 def check_spec(kind: Kind, spec: Any) -> list[SpecError]:
@@ -87,7 +128,10 @@ def check_spec(kind: Kind, spec: Any) -> list[SpecError]:
         if key in nested:
             errors += [((key, *p), m) for p, m in check_spec(nested[key], value)]
         elif key not in names and not open_kwargs:
-            errors.append(((key,), f"unknown option of {type_name}"))
+            hint = _GONE.get(key) or f"unknown option of {type_name}{did_you_mean(key, names)}"
+            errors.append(((key,), hint))
+        elif problem := _value_problem(key, value):
+            errors.append(((key,), problem))
     present = {k for k, v in spec.items() if v is not None}
     errors += [((key,), f"required by {type_name}") for key in sorted(required - present)]
     return errors
@@ -99,11 +143,15 @@ def build(kind: Kind, spec: Any) -> Any:
         return spec
     problems = check_spec(kind, spec)
     if problems:
-        raise ConfigError(
-            "; ".join(f"{kind}.{'.'.join(p) or 'type'}: {m}" for p, m in problems)
-        )
+        raise ConfigError("; ".join(f"{kind}.{'.'.join(p) or 'type'}: {m}" for p, m in problems))
     kwargs = {k: v for k, v in spec.items() if k != "type" and v is not None}
     for key, sub_kind in _NESTED.get(kind, {}).items():
         if key in kwargs:
             kwargs[key] = build(sub_kind, kwargs[key])
-    return resolve(kind, spec["type"])(**kwargs)
+    target = resolve(kind, spec["type"])
+    try:
+        return target(**kwargs)
+    except Exception as e:
+        # Parsl raises its own errors (OptionalModuleMissing for a cloud SDK that is not
+        # installed, ValueError for a bad value): report them as config errors that name the type.
+        raise ConfigError(f"{kind} {spec['type']}: {e}") from e

@@ -11,15 +11,18 @@ from pathlib import Path
 import pytest
 
 from endpoint.cli import EX_CANTCREAT, EX_CONFIG, main
-from endpoint.config import load_config_text
+from endpoint.config import EndpointConfig, ManagerConfig, load_config_text
 from endpoint.errors import AlreadyRunning, ConfigError
 from endpoint.lifecycle import PidLock, State, clean_stale_pid, state_of, write_endpoint_id
 
 
 def test_defaults_match_the_official_endpoint() -> None:
     cfg = load_config_text("engine:\n  type: ThreadPoolEngine\n")
+    assert isinstance(cfg, EndpointConfig)
     assert cfg.heartbeat_period == 30 and cfg.idle_heartbeats_hard == 5760
-    assert cfg.amqp_port is None and cfg.public is False
+    assert cfg.amqp_port is None
+    mgr = load_config_text("display_name: m\n")
+    assert isinstance(mgr, ManagerConfig) and mgr.public is False
 
 
 def test_unknown_key_is_named_with_its_line() -> None:
@@ -33,7 +36,8 @@ def test_wrong_type_and_bad_yaml_are_clear() -> None:
         load_config_text("amqp_port: 1234\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config_text("engine: [unclosed\n")
-    with pytest.raises(ConfigError, match="missing 'type'"):
+    # No engine type means GlobusComputeEngine, which has no `max_workers`.
+    with pytest.raises(ConfigError, match="renamed it max_workers_per_node"):
         load_config_text("engine:\n  max_workers: 2\n")
 
 
