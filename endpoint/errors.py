@@ -1,7 +1,25 @@
 """The one exception tree of the endpoint package.
 
 Callers catch these, never library exceptions: adapters (pika, globus_sdk, sqlite) translate
-their errors at the edge.
+their errors at the edge. `cli.py` maps each class to a documented exit code.
+
+    EndpointError
+     +-- ProtocolError
+     +-- SerializationError > SerializerNotAllowed
+     +-- ConfigError                        78
+     |    +-- SetupFailed                   78  (endpoint_setup exited non-zero)
+     +-- ServiceError                       65/69/70/77 by HTTP status
+     |    +-- ServiceUnreachable            75
+     +-- AuthError                          77
+     +-- BrokerError
+     +-- JournalError
+     +-- LifecycleError                     1
+          +-- AlreadyRunning                73
+          +-- NotConfigured, EndpointExists 1
+          +-- Refused                       1   (needs --force)
+          |    +-- EndpointOnline           255 (delete of an online endpoint)
+          +-- StopFailed                    255 (the process survived SIGKILL)
+          +-- PermissionDenied              77
 """
 
 from __future__ import annotations
@@ -27,6 +45,15 @@ class ConfigError(EndpointError):
     """The endpoint configuration is invalid; the message names the key."""
 
 
+class SetupFailed(ConfigError):
+    """`endpoint_setup` exited non-zero; carries its combined output."""
+
+    def __init__(self, message: str, returncode: int, output: str) -> None:
+        super().__init__(message)
+        self.returncode = returncode
+        self.output = output
+
+
 class ServiceError(EndpointError):
     """The Compute web service refused or failed a request."""
 
@@ -37,6 +64,10 @@ class ServiceError(EndpointError):
 
 class ServiceUnreachable(ServiceError):
     """The web service could not be reached at all (network error)."""
+
+
+class AuthError(EndpointError):
+    """Login is missing, was refused, or needs a terminal that is not there."""
 
 
 class BrokerError(EndpointError):
@@ -53,3 +84,27 @@ class LifecycleError(EndpointError):
 
 class AlreadyRunning(LifecycleError):
     """Another instance holds the endpoint lock."""
+
+
+class NotConfigured(LifecycleError):
+    """No endpoint directory (or no configuration in it) matches the name or id."""
+
+
+class EndpointExists(LifecycleError):
+    """`configure` of a name that already has a configuration."""
+
+
+class Refused(LifecycleError):
+    """A destructive command refused to act without --force."""
+
+
+class EndpointOnline(Refused):
+    """`delete` of an endpoint the service reports online, without --force."""
+
+
+class StopFailed(LifecycleError):
+    """The endpoint process could not be ended, not even by SIGKILL."""
+
+
+class PermissionDenied(LifecycleError):
+    """A file the command must write (a systemd unit, say) is not writable by this user."""

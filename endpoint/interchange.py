@@ -222,6 +222,14 @@ class Interchange:
         self.to_republish |= self.unconfirmed
         self.unconfirmed.clear()
 
+    def set_window(self, window: int) -> Plan:
+        """Follow the engine's capacity; a wider window submits waiting tasks at once."""
+        self.window = max(1, window)
+        plan = Plan()
+        if self.accepting:
+            self._fill(plan)
+        return plan
+
     def republish(self) -> Plan:
         """Re-send results whose publish failed or whose confirm never came."""
         plan = Plan()

@@ -106,10 +106,9 @@ class EndpointRuntime:
         self.idle = IdleTracker(idle_heartbeats_soft, idle_heartbeats_hard)
         self.title = title or f"Globus Compute Endpoint ({endpoint_id})"
         self.stop_reason = ""
-        window = max(4, 2 * int(engine.status().get("total_workers") or 1))
         self.ix = Interchange(
             endpoint_id,
-            window=window,
+            window=4,  # set from the engine once it has started (`_refresh_window`)
             allowed_functions=allowed_functions,
             max_retries_on_system_failure=max_retries_on_system_failure,
         )
@@ -166,6 +165,7 @@ class EndpointRuntime:
         self.engine.start(
             endpoint_id=self.endpoint_id, run_dir=self.ep_dir, on_result=self._on_result
         )
+        self._refresh_window()
         self._execute(self.ix.recover(self.journal.load()))
         for s in {id(x): x for x in (self.consumer, self.publisher, self.hb_session)}.values():
             s.start()
@@ -188,6 +188,7 @@ class EndpointRuntime:
                 self.pid_lock.touch()
                 next_touch = now + TOUCH_EVERY_S
             if now >= next_republish:
+                self._refresh_window()
                 self._execute(self.ix.republish())
                 next_republish = now + REPUBLISH_EVERY_S
             timeout = max(0.0, min(next_hb, next_touch, next_republish) - time.monotonic())
@@ -285,6 +286,16 @@ class EndpointRuntime:
         report = EPStatusReport(endpoint_id=self.endpoint_id, global_state=state)
         key = f"heartbeat:{time.monotonic_ns()}"
         self.hb_session.publish([self.heartbeats_q.outgoing(key, pack(report))])
+
+    def _refresh_window(self) -> None:
+        """Follow the engine's capacity as blocks and workers come and go."""
+        try:
+            target = self.engine.inflight_target()
+        except Exception as e:  # a status hiccup must not stop the loop; keep the old window
+            log.warning("engine capacity unknown: %s", e)
+            return
+        if target != self.ix.window:
+            self._execute(self.ix.set_window(target))
 
     def _check_idle(self) -> None:
         c = self.ix.counters

@@ -7,6 +7,7 @@ login are used. Tokens are cached in that same store, so a restart makes no toke
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import logging
 import os
@@ -18,10 +19,10 @@ from typing import Any
 
 import globus_sdk
 from globus_sdk.globus_app import ClientApp, GlobusApp, GlobusAppConfig, UserApp
-from globus_sdk.token_storage import SQLiteTokenStorage
+from globus_sdk.token_storage import SQLiteTokenStorage, TokenValidationError
 
 from endpoint import __version__
-from endpoint.errors import ConfigError, ServiceError, ServiceUnreachable
+from endpoint.errors import AuthError, ConfigError, ServiceError, ServiceUnreachable
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,9 @@ _ENV_URLS = {
     "local": "http://localhost:5000",
 }
 _GLOBUSCS_ENVS = {"sandbox", "test", "integration", "staging"}
+
+#: The token store, shared by every login of a user dir (as the official endpoint's).
+STORAGE_FILE = "storage.db"
 
 #: Our own override, for tests and appliances that run the service on another port.
 SERVICE_URL_ENV = "COMPUTE_SERVICE_URL"
@@ -56,17 +60,32 @@ def service_url(environment: str) -> str:
     return _ENV_URLS.get(environment, _ENV_URLS["production"])
 
 
-def build_app(user_dir: Path, environment: str) -> GlobusApp:
+def client_credentials() -> tuple[str, str] | None:
+    """(id, secret) when the environment selects a client identity instead of a user login."""
     client_id = os.environ.get("GLOBUS_COMPUTE_CLIENT_ID")
     secret = os.environ.get("GLOBUS_COMPUTE_CLIENT_SECRET")
     if secret and not client_id:
         raise ConfigError("GLOBUS_COMPUTE_CLIENT_SECRET is set but GLOBUS_COMPUTE_CLIENT_ID is not")
+    return (client_id, secret) if client_id and secret else None
+
+
+def build_app(user_dir: Path, environment: str, login_flow_manager: Any = None) -> GlobusApp:
+    """The globus-sdk app: a ClientApp for client credentials, else a UserApp.
+
+    `login_flow_manager` (a LoginFlowManagerProvider) lets the CLI own the login prompt.
+    """
+    creds = client_credentials()
+    client_id = os.environ.get("GLOBUS_COMPUTE_CLIENT_ID")
+    secret = creds[1] if creds else None
     user_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     if client_id and secret:
         namespace = f"clientprofile/{environment}/{client_id}"
     else:
         namespace = f"user/{environment}"
-    storage = SQLiteTokenStorage(user_dir / "storage.db", namespace=namespace)
+    storage = SQLiteTokenStorage(user_dir / STORAGE_FILE, namespace=namespace)
+    # It holds refresh tokens: private whatever the umask was.
+    with contextlib.suppress(OSError):
+        os.chmod(user_dir / STORAGE_FILE, 0o600)
     try:
         config = GlobusAppConfig(token_storage=storage, environment=environment)
         if client_id and secret:
@@ -74,7 +93,10 @@ def build_app(user_dir: Path, environment: str) -> GlobusApp:
                 "compute-endpoint", client_id=client_id, client_secret=secret, config=config
             )
         config = GlobusAppConfig(
-            token_storage=storage, environment=environment, request_refresh_tokens=True
+            token_storage=storage,
+            environment=environment,
+            request_refresh_tokens=True,
+            login_flow_manager=login_flow_manager,
         )
         return UserApp(
             "compute-endpoint", client_id=client_id or DEFAULT_USER_CLIENT_ID, config=config
@@ -108,6 +130,8 @@ class ComputeService:
     def _call(self, what: str, fn: Any, *args: Any) -> dict[str, Any]:
         try:
             resp = fn(*args)
+        except globus_sdk.AuthAPIError as e:
+            raise AuthError(f"{what}: login refused ({e.http_status}): {e.message}") from e
         except globus_sdk.GlobusAPIError as e:
             raise ServiceError(
                 f"{what} refused ({e.http_status}): {e.message}", e.http_status
@@ -116,6 +140,9 @@ class ComputeService:
             raise ServiceUnreachable(f"{what}: cannot reach {self.base_url}: {e}") from e
         except globus_sdk.GlobusSDKUsageError as e:
             raise ServiceError(f"{what}: {e}") from e
+        except (EOFError, TokenValidationError) as e:
+            # The login flow ran (no stored tokens) and could not complete.
+            raise AuthError(f"{what}: not logged in ({e}); run: compute-endpoint login") from e
         data = resp.data
         if not isinstance(data, dict):
             raise ServiceError(f"{what}: the service answered with a non-object body")
@@ -154,6 +181,18 @@ class ComputeService:
             )
         return reg
 
+    def status(self, endpoint_id: str) -> str:
+        """`online` or `offline` (or whatever newer state the service reports)."""
+        data = self._call("status", self._v2.get_endpoint_status, endpoint_id)
+        return str(data.get("status", "unknown"))
+
+    def delete(self, endpoint_id: str) -> None:
+        self._call("delete", self._v2.delete_endpoint, endpoint_id)
+
+    def lock(self, endpoint_id: str) -> None:
+        """Refuse the endpoint's registrations for a while (`stop --remote`)."""
+        self._call("lock", self._v3.lock_endpoint, endpoint_id)
+
 
 #: The official endpoint version whose protocol we speak (for the service's min_ep_version).
 ENDPOINT_PROTOCOL_VERSION = "4.19.0"
@@ -182,8 +221,9 @@ def registration_body(
             "local_user": getpass.getuser(),
             "endpoint_config": config_text,
         },
-        "public": config.public,
-        "high_assurance": config.high_assurance,
+        # Only manager configs have `public`; a user endpoint is never public by itself.
+        "public": bool(getattr(config, "public", False)),
+        "high_assurance": bool(getattr(config, "high_assurance", False)),
     }
     if config.display_name:
         body["display_name"] = config.display_name

@@ -6,6 +6,8 @@ import inspect
 from typing import Any
 
 from endpoint.engines.base import Engine, ResultCallback, TaskSubmission
+from endpoint.engines.htex import GlobusComputeEngine
+from endpoint.engines.mpi import GlobusMPIEngine
 from endpoint.engines.process import ProcessPoolEngine
 from endpoint.engines.thread import ThreadPoolEngine
 from endpoint.errors import ConfigError
@@ -13,6 +15,8 @@ from endpoint.errors import ConfigError
 __all__ = [
     "ENGINE_TYPES",
     "Engine",
+    "GlobusComputeEngine",
+    "GlobusMPIEngine",
     "ProcessPoolEngine",
     "ResultCallback",
     "TaskSubmission",
@@ -24,6 +28,8 @@ __all__ = [
 ENGINE_TYPES: dict[str, type[Engine]] = {
     "ThreadPoolEngine": ThreadPoolEngine,
     "ProcessPoolEngine": ProcessPoolEngine,
+    "GlobusComputeEngine": GlobusComputeEngine,
+    "GlobusMPIEngine": GlobusMPIEngine,
 }
 
 
@@ -53,7 +59,7 @@ def build_engine(spec: dict[str, Any]) -> Engine:
 
 def engine_options(cls: type[Engine]) -> set[str]:
     """The keyword options `cls` accepts, following ``**kwargs`` up the class hierarchy."""
-    names: set[str] = set()
+    names: set[str] = set(cls.passthrough_options())
     for klass in cls.__mro__:
         if "__init__" not in vars(klass):
             continue

@@ -57,6 +57,24 @@ class TaskSubmission:
 class Engine(ABC):
     """Runs tasks; every submitted task gets exactly one Result through `on_result`."""
 
+    @classmethod
+    def passthrough_options(cls) -> frozenset[str]:
+        """Options accepted through ``**kwargs`` and handed on to another library.
+
+        `build_engine` checks config keys against ``__init__`` signatures; an engine that
+        forwards options it does not list itself (GlobusComputeEngine hands them to Parsl)
+        names them here so that a typo is still caught before anything starts.
+        """
+        return frozenset()
+
+    def inflight_target(self) -> int:
+        """How many tasks the endpoint should keep submitted to this engine.
+
+        Two per worker keeps every worker busy while results travel back; engines that group
+        tasks (GlobusComputeEngine's batches) want more. Re-read as workers come and go.
+        """
+        return max(4, 2 * int(self.status().get("total_workers") or 1))
+
     @abstractmethod
     def start(self, *, endpoint_id: str, run_dir: Path, on_result: ResultCallback) -> None:
         """Get ready to run tasks; `run_dir` is the endpoint directory."""
@@ -76,9 +94,18 @@ class Engine(ABC):
 
 
 def engine_error_result(
-    task_id: str, code: str, message: str, endpoint_id: str, launched_ns: int | None = None
+    task_id: str,
+    code: str,
+    message: str,
+    endpoint_id: str,
+    launched_ns: int | None = None,
+    user_message: str | None = None,
 ) -> bytes:
-    """A packed error Result decided by the engine rather than by a worker."""
+    """A packed error Result decided by the engine rather than by a worker.
+
+    ``message`` is the full text (``data``); ``user_message`` a shorter one for
+    ``error_details`` when the full text carries tracebacks.
+    """
     end = transition(STATE_EXEC_END, ACTOR_INTERCHANGE)
     statuses = [end]
     if launched_ns is not None:
@@ -89,10 +116,29 @@ def engine_error_result(
             task_id=task_id,
             data=f"{code}: {message}\n",
             details=env_details(endpoint_id),
-            error_details={"code": code, "user_message": message},
+            error_details={"code": code, "user_message": user_message or message},
             task_statuses=statuses,
         )
     )
+
+
+def attempts_report(
+    what: str, attempts: list[str], max_retries: int, *, details: bool = True
+) -> str:
+    """The text of a final system-failure Result: one entry per attempt, oldest first.
+
+    Each attempt's reason is a summary line, optionally followed by detail lines (a
+    traceback) indented under it; ``details=False`` keeps only the summaries.
+    """
+    lines = [
+        f"{what} on all {len(attempts)} attempt(s) (max_retries_on_system_failure={max_retries}):"
+    ]
+    for n, reason in enumerate(attempts, 1):
+        head, _, rest = reason.strip().partition("\n")
+        lines.append(f"  attempt {n}: {head}")
+        if details:
+            lines += [f"    {line}" for line in rest.splitlines()]
+    return "\n".join(lines)
 
 
 def available_mem_gib() -> float:
@@ -122,13 +168,13 @@ def _positive_int(key: str, value: Any) -> int:
     return int(value)
 
 
-class PoolEngine(Engine):
-    """Configuration, bookkeeping and status shared by the thread and process engines."""
+class TaskEngine(Engine):
+    """Configuration and bookkeeping every engine shares: the task working directory,
+    sandboxing, the serializer allowlist, retries and the result size limit."""
 
     def __init__(
         self,
         *,
-        max_workers: int,
         label: str | None = None,
         working_dir: str | os.PathLike[str] = DEFAULT_WORKING_DIR,
         run_in_sandbox: bool = False,
@@ -136,7 +182,6 @@ class PoolEngine(Engine):
         max_retries_on_system_failure: int = 0,
         result_size_limit: int = DEFAULT_RESULT_SIZE_LIMIT,
     ) -> None:
-        self.max_workers = _positive_int("max_workers", max_workers)
         self.label = label or type(self).__name__
         if not isinstance(working_dir, str | os.PathLike) or not str(working_dir):
             raise ConfigError(f"working_dir must be a path, got {working_dir!r}")
@@ -194,6 +239,25 @@ class PoolEngine(Engine):
         if self._closed:
             raise LifecycleError(f"{self.label} is shut down")
 
+    def _deliver(self, task_id: str, packed: bytes) -> None:
+        callback = self._on_result
+        if callback is None:  # unreachable after start(); keeps mypy and us honest
+            log.error("%s: result for %s before start(); dropped", self.label, task_id)
+            return
+        try:
+            callback(task_id, packed)
+        except Exception:
+            # A failing consumer must not kill the engine thread that found the result.
+            log.exception("%s: result callback failed for task %s", self.label, task_id)
+
+
+class PoolEngine(TaskEngine):
+    """Status and refusals shared by the thread and process engines."""
+
+    def __init__(self, *, max_workers: int, **kwargs: Any) -> None:
+        self.max_workers = _positive_int("max_workers", max_workers)
+        super().__init__(**kwargs)
+
     def _refusal(self, task: TaskSubmission) -> bytes | None:
         """An error Result for a task this engine cannot run, or None."""
         if not task.resource_specification:
@@ -207,17 +271,6 @@ class PoolEngine(Engine):
             " GlobusComputeEngine or GlobusMPIEngine",
             self.endpoint_id,
         )
-
-    def _deliver(self, task_id: str, packed: bytes) -> None:
-        callback = self._on_result
-        if callback is None:  # unreachable after start(); keeps mypy and us honest
-            log.error("%s: result for %s before start(); dropped", self.label, task_id)
-            return
-        try:
-            callback(task_id, packed)
-        except Exception:
-            # A failing consumer must not kill the engine thread that found the result.
-            log.exception("%s: result callback failed for task %s", self.label, task_id)
 
     # ---- status ------------------------------------------------------------------------
 

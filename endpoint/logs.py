@@ -1,0 +1,74 @@
+"""Logging: one `configure` call sets the file and console handlers for a command.
+
+`start` writes `<ep_dir>/endpoint.log` (or `paths.endpoint_log`), rotating at 100 MiB with one
+backup as the official endpoint does, and mirrors it to stderr while in the foreground. After
+`--detach` the console handler goes away: stderr then points into the same log file.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import stat
+import sys
+from pathlib import Path
+
+LOG_MAX_BYTES = 100 * 1024 * 1024
+LOG_BACKUPS = 1
+FILE_FORMAT = (
+    "%(asctime)s %(levelname)s %(processName)s-%(process)d %(threadName)s "
+    "%(name)s:%(lineno)d %(funcName)s %(message)s"
+)
+CONSOLE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+PLAIN_FORMAT = "%(levelname)s: %(message)s"
+
+#: Third-party loggers that are chatty at INFO.
+_QUIET = ("pika", "globus_sdk", "urllib3", "parsl")
+_OURS = "endpoint"
+
+
+def _file_handler(path: Path) -> logging.Handler:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.exists() and not stat.S_ISREG(path.stat().st_mode):
+        # /dev/stdout and friends cannot be rotated.
+        return logging.FileHandler(path, mode="a")
+    if not path.exists():
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+    return logging.handlers.RotatingFileHandler(
+        path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS
+    )
+
+
+def configure(
+    *,
+    debug: bool = False,
+    log_file: Path | None = None,
+    console: bool = True,
+    console_level: int | None = None,
+) -> None:
+    """Replace every root handler: a file handler if `log_file`, a stderr one if `console`.
+
+    Without a log file the console shows our INFO lines tersely (commands like `stop`);
+    with one it mirrors the file in the foreground.
+    """
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    level = logging.DEBUG if debug else logging.INFO
+    root.setLevel(logging.DEBUG if debug else logging.WARNING)
+    logging.getLogger(_OURS).setLevel(level)
+    for name in _QUIET:
+        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.WARNING)
+    if log_file is not None:
+        handler = _file_handler(log_file)
+        handler.setFormatter(logging.Formatter(FILE_FORMAT))
+        root.addHandler(handler)
+    if console:
+        stream = logging.StreamHandler(sys.stderr)
+        stream.setFormatter(
+            logging.Formatter(CONSOLE_FORMAT if (log_file or debug) else PLAIN_FORMAT)
+        )
+        stream.setLevel(console_level if console_level is not None else level)
+        root.addHandler(stream)
