@@ -6,7 +6,7 @@ PEER_VENV := .peer-venv
 BIN := $(VENV)/bin
 PEER_VERSION := 4.19.0
 
-.PHONY: dev peers demo test test-unit test-integration test-e2e lint format typecheck check bench clean
+.PHONY: dev peers demo test test-unit test-integration test-e2e lint format typecheck check bench clean dockerd base-image
 
 $(BIN)/compute-endpoint: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -60,3 +60,11 @@ bench: dev peers
 
 clean:
 	rm -rf $(VENV) $(PEER_VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
+
+## dockerd: start a Docker daemon (no bridge, no iptables; containers use --network host)
+dockerd:
+	tools/dockerd-up
+
+## base-image: build debian:bookworm-slim locally with debootstrap (idempotent; no registry needed)
+base-image: dockerd
+	tools/base-image
