@@ -6,7 +6,7 @@ PEER_VENV := .peer-venv
 BIN := $(VENV)/bin
 PEER_VERSION := 4.19.0
 
-.PHONY: dev peers demo test test-unit test-integration test-e2e lint format typecheck check bench clean dockerd base-image
+.PHONY: dev peers demo test test-unit test-integration test-e2e lint format typecheck check bench clean dockerd base-image fault
 
 $(BIN)/compute-endpoint: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,10 @@ check: lint typecheck test
 ## bench: ours vs the official endpoint, same service and broker, one run
 bench: dev peers
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python bench/endpoint_bench.py --peer-python $(PEER_VENV)/bin/python
+
+## fault: the reliability cases (tests/fault): faults injected into real processes, counts printed
+fault: dev
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -q -s -ra tests/fault
 
 clean:
 	rm -rf $(VENV) $(PEER_VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

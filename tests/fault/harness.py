@@ -1,0 +1,177 @@
+"""Jepsen-style fault harness: submit known task ids, inject a fault, count what comes back.
+
+Everything is real: a private RabbitMQ, our web service, our endpoint started by its CLI, real
+worker processes. Tasks are submitted over the service's REST API exactly as the official SDK
+does (function registered once, then batches of argument payloads), and results are read from
+the task group's queue, where the service forwards each stored result once. The checker then
+counts, per run, results that never came (lost), came twice (duplicated) or were never asked
+for (unexpected).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import pika
+
+from endpoint.protocol.messages import Result, unpack_as
+from endpoint.protocol.serialize import deserialize, pack_buffers, serialize
+from webservice.broker import free_port
+from webservice.settings import DEFAULT_QUEUE_PREFIX
+from webservice.stack import Stack
+
+# Tasks are defined in a `__main__` namespace so dill ships them by value: the workers cannot
+# import this test module (they run with `python -P`).
+_SOURCE = """
+def work(i, secs):
+    import time
+    time.sleep(secs)
+    return i
+
+def poison(i):
+    import os
+    os._exit(3)
+"""
+
+
+def _functions() -> dict[str, Any]:
+    namespace: dict[str, Any] = {"__name__": "__main__"}
+    exec(compile(_SOURCE, "<fault-tasks>", "exec"), namespace)
+    return namespace
+
+
+FUNCTIONS = _functions()
+
+
+@dataclass
+class Outcome:
+    """What came back for one run."""
+
+    submitted: set[str]
+    results: list[Result] = field(default_factory=list)
+
+    @property
+    def counts(self) -> Counter[str]:
+        return Counter(r.task_id for r in self.results)
+
+    @property
+    def lost(self) -> int:
+        return len(self.submitted - set(self.counts))
+
+    @property
+    def duplicated(self) -> int:
+        return sum(n - 1 for n in self.counts.values() if n > 1)
+
+    @property
+    def unexpected(self) -> int:
+        return len(set(self.counts) - self.submitted)
+
+    def failures(self) -> list[Result]:
+        return [r for r in self.results if r.is_error]
+
+    def line(self, case: str) -> str:
+        return (
+            f"{case} submitted={len(self.submitted)} results={len(self.results)} "
+            f"lost={self.lost} duplicated={self.duplicated} unexpected={self.unexpected}"
+        )
+
+
+class FaultStack(Stack):
+    """A stack on a free port, with task submission and result collection for the checker."""
+
+    def __init__(self) -> None:
+        super().__init__(port=free_port())
+        self._token = ""
+        self._functions: dict[str, str] = {}
+
+    def api(self, method: str, path: str, body: Any = None) -> Any:
+        if not self._token:
+            self._token = self.token()
+        req = urllib.request.Request(
+            f"{self.url}{path}",
+            data=None if body is None else json.dumps(body).encode(),
+            method=method,
+            headers={"Authorization": f"Bearer {self._token}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.load(resp)
+
+    def function_id(self, name: str) -> str:
+        if name not in self._functions:
+            code = pack_buffers([serialize(FUNCTIONS[name])])
+            reply = self.api(
+                "POST",
+                "/v3/functions",
+                {"function_name": name, "function_code": code, "serialized": True},
+            )
+            self._functions[name] = reply["function_uuid"]
+        return self._functions[name]
+
+    def submit(
+        self, endpoint_id: str, name: str, args_list: list[tuple[Any, ...]], group: str | None
+    ) -> tuple[list[str], str]:
+        """Submit one batch; return its task ids and task group id."""
+        fid = self.function_id(name)
+        payloads = [pack_buffers([serialize(args), serialize({})]) for args in args_list]
+        body: dict[str, Any] = {"tasks": {fid: payloads}, "create_queue": True}
+        if group:
+            body["task_group_id"] = group
+        reply = self.api("POST", f"/v3/endpoints/{endpoint_id}/submit", body)
+        return list(reply["tasks"][fid]), str(reply["task_group_id"])
+
+    def collect(self, group: str, expected: int, timeout: float) -> list[Result]:
+        """Drain the task group's result queue until `expected` results or the timeout.
+
+        After the expected count arrives it keeps listening a little longer, so a late
+        duplicate is still seen.
+        """
+        queue = f"{DEFAULT_QUEUE_PREFIX}{group}"
+        results: list[Result] = []
+        deadline = time.monotonic() + timeout
+        grace_until: float | None = None
+        while time.monotonic() < (grace_until or deadline):
+            got = self._get_batch(queue)
+            results += got
+            if grace_until is None and len(results) >= expected:
+                grace_until = time.monotonic() + 2.0
+            if not got:
+                time.sleep(0.1)
+        return results
+
+    def _get_batch(self, queue: str) -> list[Result]:
+        out: list[Result] = []
+        try:
+            conn = pika.BlockingConnection(pika.URLParameters(self.rabbit.url))
+        except pika.exceptions.AMQPConnectionError:
+            return out  # the broker is down in this phase of the fault
+        try:
+            ch = conn.channel()
+            while len(out) < 1000:
+                method, _props, body = ch.basic_get(queue, auto_ack=True)
+                if method is None:
+                    break
+                out.append(unpack_as(body, Result))
+        except pika.exceptions.ChannelClosedByBroker:
+            pass  # the queue is declared at submit time; not there yet
+        finally:
+            if conn.is_open:
+                conn.close()
+        return out
+
+
+def values(results: list[Result]) -> dict[str, Any]:
+    return {r.task_id: deserialize(r.data) for r in results if not r.is_error}
+
+
+def seeds(n: int) -> list[int]:
+    """Seeds for the runs of a case; FAULT_SEED pins one for a reproduction."""
+    import os
+
+    pinned = os.environ.get("FAULT_SEED")
+    return [int(pinned)] if pinned else [random.randrange(1 << 30) for _ in range(n)]

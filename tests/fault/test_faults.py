@@ -1,0 +1,168 @@
+"""The reliability cases (shared/reliability.md), each over several random seeds.
+
+Every run prints `CASE submitted=N results=N lost=0 duplicated=0 unexpected=0` and fails on
+any loss, duplicate or unexpected result. `FAULT_SEED=n` replays one seed.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.fault.harness import FaultStack, Outcome, seeds, values
+
+pytestmark = pytest.mark.fault
+
+RUNS = int(os.environ.get("FAULT_RUNS", "2"))
+ENDPOINT = "fault"
+CONFIG = """\
+engine:
+  type: ProcessPoolEngine
+  max_workers: 2
+heartbeat_period: 5
+"""
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[FaultStack]:
+    s = FaultStack()
+    try:
+        s.start_service()
+        s.configure_endpoint(ENDPOINT, CONFIG)
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture
+def endpoint_id(stack: FaultStack) -> Iterator[str]:
+    ep = stack.start_endpoint(ENDPOINT)
+    yield ep
+    stack.stop_endpoint(ENDPOINT)
+
+
+def kill9(stack: FaultStack) -> None:
+    proc = stack.procs.pop(f"endpoint:{ENDPOINT}")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+
+
+def check(case: str, outcome: Outcome) -> None:
+    print(outcome.line(case))
+    assert (outcome.lost, outcome.duplicated, outcome.unexpected) == (0, 0, 0), outcome.line(case)
+
+
+def run_sleepers(stack: FaultStack, endpoint_id: str, n: int, secs: float) -> tuple[list[str], str]:
+    return stack.submit(endpoint_id, "work", [(i, secs) for i in range(n)], group=None)
+
+
+@pytest.mark.parametrize("seed", seeds(RUNS))
+def test_case01_kill9_endpoint_mid_flight_then_restart(
+    stack: FaultStack, endpoint_id: str, seed: int
+) -> None:
+    rng = random.Random(seed)
+    ids, group = run_sleepers(stack, endpoint_id, 60, 0.05)
+    time.sleep(rng.uniform(0.0, 1.5))
+    kill9(stack)
+    stack.start_endpoint(ENDPOINT)
+    outcome = Outcome(set(ids), stack.collect(group, len(ids), timeout=90))
+    check(f"case01 seed={seed}", outcome)
+    # A task that was running when the endpoint died fails with the reason, never silently.
+    for failure in outcome.failures():
+        assert failure.error_details is not None
+        assert failure.error_details.get("code") == "EndpointInterrupted", failure.data
+    done = values(outcome.results)
+    assert all(done[t] == i for i, t in enumerate(ids) if t in done)
+
+
+@pytest.mark.parametrize("seed", seeds(RUNS))
+def test_case02_broker_outage_is_survived_without_help(
+    stack: FaultStack, endpoint_id: str, seed: int
+) -> None:
+    rng = random.Random(seed)
+    ids, group = run_sleepers(stack, endpoint_id, 80, 0.05)
+    time.sleep(rng.uniform(0.0, 1.0))
+    stack.rabbit.stop_app()
+    time.sleep(float(os.environ.get("FAULT_OUTAGE_S", "10")))
+    stack.rabbit.start_app()
+    outcome = Outcome(set(ids), stack.collect(group, len(ids), timeout=120))
+    check(f"case02 seed={seed}", outcome)
+    assert not outcome.failures()
+
+
+def test_case03_broker_restart_with_tasks_queued(stack: FaultStack) -> None:
+    endpoint_id = stack.start_endpoint(ENDPOINT)
+    stack.stop_endpoint(ENDPOINT)
+    ids, group = run_sleepers(stack, endpoint_id, 50, 0.01)  # queued: nobody consumes
+    stack.rabbit.stop_app()
+    stack.rabbit.start_app()
+    stack.start_endpoint(ENDPOINT)
+    try:
+        outcome = Outcome(set(ids), stack.collect(group, len(ids), timeout=120))
+    finally:
+        stack.stop_endpoint(ENDPOINT)
+    check("case03", outcome)
+    assert not outcome.failures()
+
+
+def test_case08_poison_task_fails_once_and_others_are_unaffected(
+    stack: FaultStack, endpoint_id: str
+) -> None:
+    poison, group = stack.submit(endpoint_id, "poison", [(0,)], group=None)
+    ids, _ = stack.submit(endpoint_id, "work", [(i, 0.01) for i in range(20)], group=group)
+    outcome = Outcome(set(poison + ids), stack.collect(group, 21, timeout=90))
+    check("case08", outcome)
+    failed = outcome.failures()
+    assert [r.task_id for r in failed] == poison
+    assert failed[0].error_details is not None
+    assert failed[0].error_details.get("code") == "WorkerLost"
+
+
+@pytest.mark.parametrize("seed", seeds(RUNS))
+def test_case09_sigterm_while_tasks_keep_arriving(stack: FaultStack, seed: int) -> None:
+    rng = random.Random(seed)
+    endpoint_id = stack.start_endpoint(ENDPOINT)
+    submitted: list[str] = []
+    group: list[str] = []
+
+    def feed() -> None:
+        for _ in range(10):
+            current = group[0] if group else None
+            ids, tg = stack.submit(endpoint_id, "work", [(i, 0.02) for i in range(10)], current)
+            group[:] = [tg]
+            submitted.extend(ids)
+            time.sleep(0.1)
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    time.sleep(rng.uniform(0.2, 0.8))
+    stack.stop_endpoint(ENDPOINT)  # SIGTERM, waits for a clean exit
+    feeder.join()
+    stack.start_endpoint(ENDPOINT)
+    try:
+        outcome = Outcome(set(submitted), stack.collect(group[0], len(submitted), timeout=120))
+    finally:
+        stack.stop_endpoint(ENDPOINT)
+    check(f"case09 seed={seed}", outcome)
+    assert not outcome.failures()
+
+
+@pytest.mark.parametrize("seed", seeds(RUNS))
+def test_case12_web_service_restart_while_results_flow(
+    stack: FaultStack, endpoint_id: str, seed: int
+) -> None:
+    rng = random.Random(seed)
+    ids, group = run_sleepers(stack, endpoint_id, 100, 0.02)
+    time.sleep(rng.uniform(0.0, 1.0))
+    stack.stop_service()
+    time.sleep(1.0)
+    stack.start_service()
+    outcome = Outcome(set(ids), stack.collect(group, len(ids), timeout=120))
+    check(f"case12 seed={seed}", outcome)
+    assert not outcome.failures()
