@@ -166,3 +166,87 @@ def test_case12_web_service_restart_while_results_flow(
     outcome = Outcome(set(ids), stack.collect(group, len(ids), timeout=120))
     check(f"case12 seed={seed}", outcome)
     assert not outcome.failures()
+
+
+def _worker_pids(stack: FaultStack) -> list[int]:
+    import psutil
+
+    root = psutil.Process(stack.procs[f"endpoint:{ENDPOINT}"].pid)
+    return [
+        p.pid for p in root.children(recursive=True) if "endpoint.worker" in " ".join(p.cmdline())
+    ]
+
+
+@pytest.mark.parametrize("seed", seeds(RUNS))
+def test_case04_killed_worker_fails_its_task_with_the_cause(
+    stack: FaultStack, endpoint_id: str, seed: int
+) -> None:
+    rng = random.Random(seed)
+    ids, group = run_sleepers(stack, endpoint_id, 12, 0.4)
+    time.sleep(rng.uniform(0.2, 1.0))
+    victims = _worker_pids(stack)
+    assert victims, "no worker processes found"
+    os.kill(rng.choice(victims), signal.SIGKILL)
+    started = time.monotonic()
+    outcome = Outcome(set(ids), stack.collect(group, len(ids), timeout=60))
+    check(f"case04 seed={seed}", outcome)
+    assert time.monotonic() - started < 30
+    for failure in outcome.failures():
+        assert failure.error_details is not None
+        assert failure.error_details.get("code") == "WorkerLost", failure.data
+
+
+def test_case10_two_starts_at_once_run_one_instance(stack: FaultStack) -> None:
+    import subprocess
+
+    from webservice.stack import _bin
+
+    env = stack.client_env(stack.root / "user")
+    argv = [_bin("compute-endpoint"), "start", ENDPOINT]
+    first = subprocess.Popen(argv, env=env, start_new_session=True)
+    second = subprocess.Popen(argv, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while first.poll() is None and second.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        loser, winner = (first, second) if first.poll() is not None else (second, first)
+        assert loser.wait(10) == 73  # EX_CANTCREAT: the other one holds the lock
+        assert winner.poll() is None
+        stop = subprocess.run(
+            [_bin("compute-endpoint"), "stop", ENDPOINT], env=env, timeout=90, check=False
+        )
+        assert stop.returncode == 0
+        assert winner.wait(10) == 0  # one stop sufficed
+    finally:
+        for proc in (first, second):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+
+
+def test_case11_disallowed_serializer_is_a_clear_error_not_a_lost_worker(
+    stack: FaultStack,
+) -> None:
+    strict = "fault-strict"
+    stack.configure_endpoint(
+        strict,
+        CONFIG.replace(
+            "  max_workers: 2\n",
+            "  max_workers: 2\n  allowed_serializers:\n"
+            "    - globus_compute_sdk.serialize.PureSourceTextInspect\n"
+            "    - globus_compute_sdk.serialize.JSONData\n",
+        ),
+    )
+    endpoint_id = stack.start_endpoint(strict)
+    try:
+        started = time.monotonic()
+        ids, group = run_sleepers(stack, endpoint_id, 3, 0.0)  # DillCode + DillDataBase64
+        outcome = Outcome(set(ids), stack.collect(group, len(ids), timeout=60))
+    finally:
+        stack.stop_endpoint(strict)
+    check("case11", outcome)
+    assert time.monotonic() - started < 20
+    assert len(outcome.failures()) == 3
+    for failure in outcome.failures():
+        assert failure.error_details is not None
+        assert failure.error_details.get("code") == "DeserializationError", failure.data
