@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import time
 import urllib.request
 from collections import Counter
@@ -47,6 +48,7 @@ def _functions() -> dict[str, Any]:
 
 
 FUNCTIONS = _functions()
+CONSUMER_TIMEOUT_MS = 1000
 
 
 @dataclass
@@ -85,8 +87,18 @@ class Outcome:
 class FaultStack(Stack):
     """A stack on a free port, with task submission and result collection for the checker."""
 
-    def __init__(self) -> None:
+    def __init__(self, consumer_timeout_ms: int = CONSUMER_TIMEOUT_MS) -> None:
         super().__init__(port=free_port())
+        # Case 7: a broker that drops consumers holding an unacked delivery for more than a
+        # second. Every case runs under it, so none may rely on holding deliveries.
+        conf = self.rabbit.state_dir / "rabbitmq.conf"
+        conf.write_text(
+            re.sub(
+                r"consumer_timeout = \d+",
+                f"consumer_timeout = {consumer_timeout_ms}",
+                conf.read_text(),
+            )
+        )
         self._token = ""
         self._functions: dict[str, str] = {}
 

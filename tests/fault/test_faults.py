@@ -250,3 +250,16 @@ def test_case11_disallowed_serializer_is_a_clear_error_not_a_lost_worker(
     for failure in outcome.failures():
         assert failure.error_details is not None
         assert failure.error_details.get("code") == "DeserializationError", failure.data
+
+
+def test_case07_task_longer_than_consumer_timeout_loses_no_channel(
+    stack: FaultStack, endpoint_id: str
+) -> None:
+    # RabbitMQ checks consumer timeouts about once a minute: the long task must outlive a check.
+    long_ids, group = stack.submit(endpoint_id, "work", [(0, 75.0)], group=None)
+    ids, _ = stack.submit(endpoint_id, "work", [(i, 0.01) for i in range(1, 200)], group=group)
+    outcome = Outcome(set(long_ids + ids), stack.collect(group, 200, timeout=150))
+    check("case07", outcome)
+    assert not outcome.failures()
+    log = stack.log_text(f"endpoint:{ENDPOINT}")
+    assert "PRECONDITION_FAILED" not in log and "reconnecting" not in log
