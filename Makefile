@@ -29,8 +29,9 @@ demo: dev peers
 	$(BIN)/python -m webservice.demo --peer-python $(PEER_VENV)/bin/python
 
 ## test: unit, integration (real RabbitMQ) and e2e (official SDK and endpoint) tests
+## (the appliance tests need dockerd and the images: `make test-appliance`)
 test: dev peers
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -q -ra tests
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -q -ra tests --ignore=tests/appliance
 
 test-unit: dev peers
 	$(BIN)/pytest -q tests/unit
@@ -41,18 +42,25 @@ test-integration: dev
 test-e2e: dev peers
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -q -ra tests/e2e
 
+SHELL_SCRIPTS := entrypoint appliance/bin/rabbitmq-run appliance/bin/run-endpoint \
+	appliance/bin/run-webservice appliance/broker/rabbitmq-diagnostics .ci/run
+
 lint: dev
-	$(BIN)/ruff check endpoint webservice tests bench
-	$(BIN)/ruff format --check endpoint webservice tests bench
+	$(BIN)/ruff check endpoint webservice tests bench appliance
+	$(BIN)/ruff format --check endpoint webservice tests bench appliance
+	@if command -v shellcheck >/dev/null; then shellcheck $(SHELL_SCRIPTS); \
+	else echo "shellcheck not installed: shell scripts not checked (.ci/run installs it)"; fi
 
 format: dev
-	$(BIN)/ruff check --fix endpoint webservice tests bench
-	$(BIN)/ruff format endpoint webservice tests bench
+	$(BIN)/ruff check --fix endpoint webservice tests bench appliance
+	$(BIN)/ruff format endpoint webservice tests bench appliance
 
 typecheck: dev
 	$(BIN)/mypy
+	$(BIN)/mypy appliance/bin/*.py
 
-check: lint typecheck test
+## check: lint, typecheck, test and the appliance tests (these need dockerd: .ci/run starts it)
+check: lint typecheck test test-appliance
 
 ## bench: ours vs the official endpoint, same service and broker, one run
 bench: dev peers
@@ -72,3 +80,64 @@ dockerd:
 ## base-image: build debian:bookworm-slim locally with debootstrap (idempotent; no registry needed)
 base-image: dockerd
 	tools/base-image
+
+# ---- the appliance (README "The image", "Compose", "Apptainer") --------------------------------
+.PHONY: images broker-image compose-up compose-down sif test-appliance ca-certs
+
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+REVISION ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+SOURCE_URL ?= $(shell git config --get remote.origin.url 2>/dev/null || echo unknown)
+BASE_IMAGE ?= debian:bookworm-slim
+BROKER_CI_IMAGE ?= compute-endpoint-broker:ci
+# A PEM file of extra CA certificates pip inside the build must trust (a TLS-intercepting proxy).
+EXTRA_CA_CERTS ?=
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+DOCKER_BUILD = DOCKER_BUILDKIT=0 docker build --network host --build-arg BASE_IMAGE=$(BASE_IMAGE) \
+	--build-arg VERSION=$(VERSION) --build-arg REVISION=$(REVISION) --build-arg SOURCE=$(SOURCE_URL)
+
+ca-certs:
+	@if [ -n "$(EXTRA_CA_CERTS)" ]; then cp "$(EXTRA_CA_CERTS)" appliance/certs/extra-ca.crt; fi
+
+## images: compute-endpoint, compute-endpoint-worker, compute-endpoint-all-in-one (VERSION + latest)
+images: base-image ca-certs
+	$(DOCKER_BUILD) --target worker -t compute-endpoint-worker:$(VERSION) \
+		-t compute-endpoint-worker:latest .
+	$(DOCKER_BUILD) --target all-in-one -t compute-endpoint-all-in-one:$(VERSION) \
+		-t compute-endpoint-all-in-one:latest .
+	$(DOCKER_BUILD) --target endpoint -t compute-endpoint:$(VERSION) -t compute-endpoint:latest .
+	@docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' \
+		| grep -E '^compute-endpoint(-worker|-all-in-one)?:$(VERSION) '
+
+## broker-image: RabbitMQ from Debian's rabbitmq-server, for CI without a registry (BROKER_IMAGE)
+broker-image: base-image
+	DOCKER_BUILDKIT=0 docker build --network host --build-arg BASE_IMAGE=$(BASE_IMAGE) \
+		-f appliance/broker/Dockerfile -t $(BROKER_CI_IMAGE) .
+
+## compose-up: broker + web service + endpoint on the host's loopback (BROKER_IMAGE, ports: env)
+compose-up: images
+	$(COMPOSE) -f compose.yaml up -d
+
+## compose-down: stop and remove the stack; its named volumes (the state) stay
+compose-down:
+	$(COMPOSE) -f compose.yaml down
+
+## sif: build compute-endpoint.sif from apptainer.def (needs apptainer or singularity)
+sif:
+	@tool=$$(command -v apptainer || command -v singularity) || \
+		{ echo "sif: apptainer (or singularity) is not installed" >&2; exit 1; }; \
+	$$tool build compute-endpoint.sif apptainer.def
+
+## test-appliance: images and compose under a real dockerd, functions run by the official SDK
+test-appliance: dev peers images broker-image
+	PATH=$(CURDIR)/$(BIN):$$PATH BROKER_IMAGE=$(BROKER_CI_IMAGE) \
+		$(BIN)/pytest -q -ra -s tests/appliance
+
+.PHONY: bench-manager
+## bench-manager: first task with a new user_endpoint_config → its result, our manager vs the official
+bench-manager: dev peers
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python bench/manager_bench.py --peer-python $(PEER_VENV)/bin/python
+
+## bench-routing: soft routing vs random (funcX) vs Belady: 500 Zipf tasks over 12 docker images
+.PHONY: bench-routing
+bench-routing: dev dockerd
+	$(BIN)/python bench/routing_bench.py

@@ -25,6 +25,7 @@ from endpoint import (
     deletion,
     launch,
     logs,
+    status,
 )
 from endpoint.config import EndpointConfig, check, describe
 from endpoint.engines import build_engine
@@ -350,6 +351,58 @@ def cmd_completion(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    """Exit 0 only for a live process with connected AMQP sessions and a fresh heartbeat."""
+    verdict = status.health_of(resolve(args.name), slack_s=args.slack)
+    if verdict.healthy:
+        print(verdict.reason)
+        return EX_OK
+    _err(f"unhealthy: {verdict.reason}")
+    return EX_FAILURE
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    ep_dir = resolve(args.name)
+    doc = status.read_status(ep_dir)
+    if doc is None:
+        _err(f"Error: no {ep_dir / status.STATUS_FILE}: endpoint <{ep_dir.name}> has not run yet")
+        return EX_FAILURE
+    verdict = status.judge(doc, alive=status.writer_alive(ep_dir, doc.get("pid")))
+    if args.format == "json":
+        print(json.dumps({**doc, "healthy": verdict.healthy, "reason": verdict.reason}, indent=2))
+        return EX_OK
+    sessions = ", ".join(
+        f"{name} {'up' if up else 'down'}"
+        for name, up in sorted((doc.get("amqp_sessions") or {}).items())
+    )
+    print(f"endpoint:   {ep_dir.name} ({doc.get('endpoint_id')}), pid {doc.get('pid')}")
+    print(f"state:      {doc.get('state')}; {'healthy' if verdict.healthy else 'unhealthy'}")
+    print(f"            {verdict.reason}")
+    print(f"amqp:       {sessions}")
+    ix = doc.get("interchange") or {}
+    print(
+        f"tasks:      {ix.get('queued_tasks', 0)} queued, {ix.get('running_tasks', 0)} running, "
+        f"{ix.get('unconfirmed_results', 0)} results unconfirmed"
+    )
+    return EX_OK
+
+
+def _add_health(sub: Any) -> None:
+    h = _add(sub, "health", cmd_health, "exit 0 if the endpoint is alive, connected and beating")
+    _endpoint_arg(h, "endpoint name or id (default: default)")
+    h.add_argument(
+        "--slack",
+        type=float,
+        default=status.FRESHNESS_SLACK_S,
+        metavar="SECONDS",
+        help="seconds allowed beyond two heartbeat periods "
+        f"(default {status.FRESHNESS_SLACK_S:.0f})",
+    )
+    st = _add(sub, "status", cmd_status, "show what the running endpoint reports (status.json)")
+    _endpoint_arg(st, "endpoint name or id (default: default)")
+    st.add_argument("--format", choices=("text", "json"), default="text")
+
+
 # ---- the parser -------------------------------------------------------------------------------
 
 
@@ -458,6 +511,78 @@ def _add_other(sub: Any) -> None:
     comp.add_argument("shell", choices=sorted(completion.SHELLS))
 
 
+# ---- manager endpoints: render-user-config, and the hidden user endpoint entry point ----------
+
+
+_RENDER_FILES = ("template", "user_options", "user_schema", "parent_config", "user_runtime")
+
+
+def _read_render_inputs(args: argparse.Namespace) -> dict[str, str | None]:
+    """Each file option's text; `-` is stdin, for at most one of them."""
+    names = (*_RENDER_FILES, "mapped_identity")
+    from_stdin = [n for n in names if getattr(args, n) == "-"]
+    if len(from_stdin) > 1:
+        raise ConfigError(f"only one option may read stdin (-), not {', '.join(from_stdin)}")
+    texts: dict[str, str | None] = {}
+    for name in names:
+        value = getattr(args, name)
+        if value is None:
+            texts[name] = None
+        elif value == "-":
+            texts[name] = sys.stdin.read()
+        else:
+            try:
+                texts[name] = Path(value).read_text()
+            except OSError as e:
+                raise ConfigError(f"cannot read {value}: {e.strerror}") from e
+    return texts
+
+
+def cmd_render_user_config(args: argparse.Namespace) -> int:
+    from endpoint import templating  # Jinja2 and jsonschema: only for this command
+
+    texts = _read_render_inputs(args)
+    manager_dir, manager_cfg = None, None
+    if args.endpoint:
+        manager_dir = resolve(args.endpoint)
+        cfg, _ = check(str(manager_dir))
+        manager_cfg = cfg.model_dump(mode="json")
+    template_path = Path(args.template) if args.template not in (None, "-") else None
+    inputs = templating.DebugInputs(template_path=template_path, **texts)
+    print(templating.render_debug(inputs, manager_dir, manager_cfg), end="")
+    return EX_OK
+
+
+def cmd_start_user_endpoint(args: argparse.Namespace) -> int:
+    from endpoint import user_endpoint
+
+    if sys.stdin.isatty():
+        _err("Error: this command is started by a manager endpoint, with its launch document")
+        return EX_USAGE
+    return user_endpoint.serve(0, args.status_fd)
+
+
+def _add_manager_tools(sub: Any) -> None:
+    r = _add(
+        sub,
+        "render-user-config",
+        cmd_render_user_config,
+        "render a manager's user endpoint template as a start command would (for debugging)",
+    )
+    r.add_argument("-e", "--endpoint", metavar="NAME_OR_UUID", help="a manager endpoint")
+    r.add_argument("-t", "--template", metavar="FILE", help="a template (default: -e's)")
+    r.add_argument("-o", "--user-options", metavar="FILE", help="user_endpoint_config (JSON)")
+    r.add_argument("-s", "--user-schema", metavar="FILE", help="a JSON schema (default: -e's)")
+    r.add_argument("--parent-config", metavar="FILE", help="_GC.parent_config (YAML)")
+    r.add_argument("--user-runtime", metavar="FILE", help="_GC.user_runtime (JSON)")
+    r.add_argument("--mapped-identity", metavar="FILE", help="_GC.mapped_identity (JSON)")
+    # Hidden (no help): what a manager runs; reads its launch document on stdin.
+    h = sub.add_parser("_start-user-endpoint", parents=[_common()])
+    h.add_argument("name", nargs="?", metavar="NAME")
+    h.add_argument("--status-fd", type=int, default=None)
+    h.set_defaults(func=cmd_start_user_endpoint)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="compute-endpoint",
@@ -472,6 +597,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_lifecycle(sub)
     _add_other(sub)
+    _add_health(sub)
+    _add_manager_tools(sub)
     return p
 
 

@@ -8,11 +8,19 @@ their errors at the edge. `cli.py` maps each class to a documented exit code.
      +-- SerializationError > SerializerNotAllowed
      +-- ConfigError                        78
      |    +-- SetupFailed                   78  (endpoint_setup exited non-zero)
+     |    +-- TemplateError                 78  (a user endpoint config did not render)
+     |         +-- UserOptionsInvalid           (the submitter's options: schema, reserved)
+     +-- CommandRefused                         (a manager command that is not obeyed)
+     |    +-- IdentityRefused                   (untrusted or unmapped identity)
+     +-- SpawnError                             (a user endpoint process could not start)
      +-- ServiceError                       65/69/70/77 by HTTP status
      |    +-- ServiceUnreachable            75
      +-- AuthError                          77
      +-- BrokerError
      +-- JournalError
+     +-- ContainerError                     (task results, never an exit code)
+     |    +-- ContainerRuntimeMissing       the docker/podman/... binary or daemon is absent
+     |    +-- ImageNotFound                 the image is not on this host and cannot be pulled
      +-- LifecycleError                     1
           +-- AlreadyRunning                73
           +-- NotConfigured, EndpointExists 1
@@ -78,6 +86,18 @@ class JournalError(EndpointError):
     """The local task/result journal could not be read or written."""
 
 
+class ContainerError(EndpointError):
+    """A container runtime could not run what the engine asked of it."""
+
+
+class ContainerRuntimeMissing(ContainerError):
+    """The runtime's command or daemon is not available on this host."""
+
+
+class ImageNotFound(ContainerError):
+    """The image is not present locally and could not be pulled."""
+
+
 class LifecycleError(EndpointError):
     """An endpoint directory, pid file or state transition problem."""
 
@@ -108,3 +128,23 @@ class StopFailed(LifecycleError):
 
 class PermissionDenied(LifecycleError):
     """A file the command must write (a systemd unit, say) is not writable by this user."""
+
+
+class TemplateError(ConfigError):
+    """A user endpoint configuration could not be rendered from the manager's template."""
+
+
+class UserOptionsInvalid(TemplateError):
+    """The submitter's `user_endpoint_config` is not acceptable (schema, reserved names)."""
+
+
+class CommandRefused(EndpointError):
+    """A manager command was malformed, stale or unknown, and is not obeyed."""
+
+
+class IdentityRefused(CommandRefused):
+    """The command's identities are not trusted here, or map to no usable local user."""
+
+
+class SpawnError(EndpointError):
+    """A user endpoint process could not be started."""

@@ -9,6 +9,7 @@ fail does so before `--detach`, so its error reaches the terminal. The CLI suppl
 from __future__ import annotations
 
 import contextlib
+import getpass
 import logging
 import os
 import signal
@@ -19,11 +20,21 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
-from endpoint import daemon, hooks, logs, service
+import globus_sdk
+
+from endpoint import daemon, hooks, logs, service, templating
 from endpoint.auth import LoginPrompt, identity_client
-from endpoint.config import EndpointConfig, load_endpoint_dir
+from endpoint.config import EndpointConfig, ManagerConfig, load_endpoint_dir
 from endpoint.engines import Engine, build_engine
-from endpoint.errors import AlreadyRunning, ConfigError, LifecycleError
+from endpoint.errors import (
+    AlreadyRunning,
+    AuthError,
+    ConfigError,
+    LifecycleError,
+    ServiceError,
+    ServiceUnreachable,
+)
+from endpoint.identity import Authorizer, MappingAuthorizer, MappingFile, OwnerAuthorizer
 from endpoint.lifecycle import (
     PidLock,
     Probe,
@@ -36,6 +47,7 @@ from endpoint.lifecycle import (
     user_dir,
     write_endpoint_id,
 )
+from endpoint.manager import Manager, ManagerSettings, ensure_supported
 from endpoint.runtime import EndpointRuntime, QueueInfo
 
 log = logging.getLogger(__name__)
@@ -58,25 +70,27 @@ class Notifier(Protocol):
 class Loaded:
     name: str
     ep_dir: Path
-    config: EndpointConfig
+    config: EndpointConfig | ManagerConfig
     text: str
     path: Path
 
     @property
     def log_path(self) -> Path:
         """`paths.endpoint_log` (the loader resolves it), else `<ep_dir>/endpoint.log`."""
-        return self.config.paths.endpoint_log or self.ep_dir / DEFAULT_LOG
+        if isinstance(self.config, EndpointConfig) and self.config.paths.endpoint_log:
+            return self.config.paths.endpoint_log
+        return self.ep_dir / DEFAULT_LOG
+
+    @property
+    def user_config(self) -> EndpointConfig:
+        assert isinstance(self.config, EndpointConfig)
+        return self.config
 
 
 def load(target: str | None) -> Loaded:
-    """Resolve NAME_OR_UUID and load its config; a manager config is refused for now."""
+    """Resolve NAME_OR_UUID and load its config: a user endpoint's or a manager's."""
     ep_dir = resolve(target)
     cfg, text, path = load_endpoint_dir(ep_dir)
-    if not isinstance(cfg, EndpointConfig):
-        raise ConfigError(
-            f"{path}: this is a multi-user (manager) endpoint configuration (no `engine`); "
-            "starting manager endpoints is not supported by this build yet"
-        )
     return Loaded(ep_dir.name, ep_dir, cfg, text, path)
 
 
@@ -113,11 +127,22 @@ def service_for(cfg: Any, prompt: LoginPrompt | None) -> service.ComputeService:
     return service.ComputeService(app, service.service_url(env))
 
 
-def register(loaded: Loaded, endpoint_uuid: str | None, notify: Notifier) -> service.Registration:
+def register(
+    loaded: Loaded,
+    endpoint_uuid: str | None,
+    notify: Notifier,
+    extra_metadata: dict[str, Any] | None = None,
+) -> service.Registration:
     svc = service_for(loaded.config, notify.login_prompt())
     svc.version_check()
     known_id = endpoint_uuid or read_endpoint_id(loaded.ep_dir)
-    body = service.registration_body(loaded.name, loaded.text, loaded.config)
+    if extra_metadata is None:
+        body = service.registration_body(loaded.name, loaded.text, loaded.config)
+    else:
+        body = service.registration_body(loaded.name, loaded.text, loaded.config, mode="manager")
+        body["metadata"].update(extra_metadata)
+        if is_privileged():
+            body["multi_user"] = True
     reg = svc.register(known_id, body)
     write_endpoint_id(loaded.ep_dir, reg.endpoint_id)
     log.info("registered endpoint %s with %s", reg.endpoint_id, svc.base_url)
@@ -158,6 +183,7 @@ class _Run:
     owner: bool = True  # False in the original process once the daemon holds the lock
     endpoint_id: str | None = None
     engine: Engine | None = field(default=None, repr=False)
+    authorizer: Authorizer | None = field(default=None, repr=False)
 
 
 def start(
@@ -175,7 +201,10 @@ def start(
     run = _Run(loaded, claim(loaded.ep_dir, notify))
     try:
         with _interruptible():
-            reg = _prepare(run, endpoint_uuid, notify)
+            if isinstance(loaded.config, ManagerConfig):
+                reg = _prepare_manager(run, endpoint_uuid, notify)
+            else:
+                reg = _prepare(run, endpoint_uuid, notify)
         if detach:
             run.lock.stop_touching()  # only the forking thread survives a fork
             outcome = daemon.detach(loaded.log_path, loaded.ep_dir)
@@ -183,7 +212,10 @@ def start(
                 run.owner = False
                 return Started(reg.endpoint_id, outcome.daemon_pid, loaded.log_path)
             _become_daemon(run, outcome, debug)
-        _run_endpoint(run, reg)
+        if isinstance(loaded.config, ManagerConfig):
+            _run_manager(run, reg)
+        else:
+            _run_endpoint(run, reg)
         return Started(reg.endpoint_id, log_path=loaded.log_path)
     finally:
         if run.owner:
@@ -192,11 +224,12 @@ def start(
 
 def _prepare(run: _Run, endpoint_uuid: str | None, notify: Notifier) -> service.Registration:
     loaded = run.loaded
+    cfg = loaded.user_config
     run.endpoint_id = endpoint_uuid or read_endpoint_id(loaded.ep_dir)
-    run.setup_done = hooks.run_setup(loaded.config.endpoint_setup, loaded.ep_dir, run.endpoint_id)
+    run.setup_done = hooks.run_setup(cfg.endpoint_setup, loaded.ep_dir, run.endpoint_id)
     # Built (not started) before registering: a bad engine block is a config error, and
     # engines start no processes or threads until `start`, so the fork below is safe.
-    run.engine = build_engine(loaded.config.engine.engine_spec())
+    run.engine = build_engine(cfg.engine.engine_spec())
     reg = register(loaded, endpoint_uuid, notify)
     run.endpoint_id = reg.endpoint_id
     return reg
@@ -212,7 +245,7 @@ def _become_daemon(run: _Run, me: daemon.Daemon, debug: bool) -> None:
 
 
 def _run_endpoint(run: _Run, reg: service.Registration) -> None:
-    cfg, loaded = run.loaded.config, run.loaded
+    cfg, loaded = run.loaded.user_config, run.loaded
     port = cfg.amqp_port
     assert run.engine is not None
     runtime = EndpointRuntime(
@@ -243,11 +276,114 @@ def _finish(run: _Run) -> None:
     try:
         if run.setup_done:
             hooks.run_teardown(
-                run.loaded.config.endpoint_teardown, run.loaded.ep_dir, run.endpoint_id
+                run.loaded.user_config.endpoint_teardown, run.loaded.ep_dir, run.endpoint_id
             )
     finally:
         run.lock.release()
         log.info("========== endpoint %s exited", run.loaded.name)
+
+
+# ---- manager endpoints --------------------------------------------------------------------------
+
+#: `fork` (default: a pre-imported helper forks user endpoints) or `exec` (a fresh interpreter
+#: each); a debugging and benchmarking knob, see `endpoint.spawner`.
+LAUNCHER_ENV = "COMPUTE_UEP_LAUNCHER"
+
+
+def is_privileged() -> bool:
+    return os.geteuid() == 0
+
+
+def _check_manager(loaded: Loaded) -> ManagerConfig:
+    cfg = loaded.config
+    assert isinstance(cfg, ManagerConfig)
+    ensure_supported(cfg)
+    if is_privileged() and not cfg.email:
+        raise ConfigError(
+            f"{loaded.path}: a multi-user (manager) endpoint run by root needs `email`, a "
+            "contact address shown to its users"
+        )
+    return cfg
+
+
+def _manager_metadata(loaded: Loaded, cfg: ManagerConfig) -> dict[str, Any]:
+    """The template and schema, checked now (a broken one fails `start`, not each user)."""
+    source = templating.source_for(
+        loaded.ep_dir, cfg.user_config_template_path, cfg.user_config_schema_path
+    )
+    templating.check_syntax(source)
+    return {"user_config_template": source.text, "user_config_schema": source.schema}
+
+
+def owner_identities(cfg: ManagerConfig, prompt: LoginPrompt | None) -> frozenset[str]:
+    """The identities of this login (`userinfo`): only they may start user endpoints."""
+    env = service.environment_name(cfg.environment, cfg.local_compute_services)
+    app = service.build_app(user_dir(), env, login_flow_manager=prompt)
+    try:
+        data = identity_client(app).userinfo().data
+    except globus_sdk.NetworkError as e:
+        raise ServiceUnreachable(f"userinfo: cannot reach the auth service: {e}") from e
+    except globus_sdk.GlobusAPIError as e:
+        raise AuthError(f"userinfo refused ({e.http_status}): {e.message}") from e
+    finally:
+        app.close()
+    found = data.get("identity_set") if isinstance(data, dict) else None
+    ids = {str(i["sub"]) for i in found or [] if isinstance(i, dict) and i.get("sub")}
+    if isinstance(data, dict) and data.get("sub"):
+        ids.add(str(data["sub"]))
+    if not ids:
+        raise AuthError("userinfo named no identity: nobody could use this endpoint")
+    return frozenset(ids)
+
+
+def _mapping_authorizer(cfg: ManagerConfig) -> Authorizer | None:
+    """Root with an identity mapping file maps identities to local users (read it now, so a
+    broken file fails `start`); otherwise None: the owner's identities decide."""
+    mapping = cfg.identity_mapping_config_path
+    if mapping is None:
+        return None
+    if not is_privileged():
+        log.warning("identity_mapping_config_path is ignored: only a root manager can switch users")
+        return None
+    log.info("user endpoints run as the local users %s maps identities to", mapping)
+    return MappingAuthorizer(MappingFile(mapping))
+
+
+def _prepare_manager(
+    run: _Run, endpoint_uuid: str | None, notify: Notifier
+) -> service.Registration:
+    loaded = run.loaded
+    cfg = _check_manager(loaded)
+    metadata = _manager_metadata(loaded, cfg)
+    run.authorizer = _mapping_authorizer(cfg)
+    reg = register(loaded, endpoint_uuid, notify, metadata)
+    run.endpoint_id = reg.endpoint_id
+    if reg.command_queue_info is None:
+        raise ServiceError("register: the service gave no command queue for a manager endpoint")
+    if run.authorizer is None:
+        ids = owner_identities(cfg, notify.login_prompt())
+        log.info("user endpoints run as %s, for the identities %s", getpass.getuser(), sorted(ids))
+        run.authorizer = OwnerAuthorizer(ids)
+    return reg
+
+
+def _run_manager(run: _Run, reg: service.Registration) -> None:
+    cfg = run.loaded.config
+    assert isinstance(cfg, ManagerConfig) and run.authorizer is not None
+    assert reg.command_queue_info is not None
+    launcher = os.environ.get(LAUNCHER_ENV, "fork")
+    settings = ManagerSettings(
+        endpoint_id=reg.endpoint_id,
+        ep_dir=run.loaded.ep_dir,
+        config=cfg,
+        commands=QueueInfo.from_service(reg.command_queue_info, cfg.amqp_port),
+        heartbeats=QueueInfo.from_service(reg.heartbeat_queue_info, cfg.amqp_port),
+        privileged=is_privileged(),
+        launcher=launcher if launcher in ("fork", "exec") else "fork",
+    )
+    manager = Manager(settings, run.authorizer, pid_lock=run.lock)
+    manager.install_signal_handlers()
+    manager.run()
 
 
 # ---- stop ---------------------------------------------------------------------------------------

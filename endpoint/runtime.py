@@ -27,6 +27,7 @@ from endpoint.journal import Journal
 from endpoint.lifecycle import TOUCH_EVERY_S, PidLock
 from endpoint.protocol.messages import EPStatusReport, pack
 from endpoint.protocol.results import error_result
+from endpoint.status import write_status
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,9 @@ class EndpointRuntime:
         self.idle = IdleTracker(idle_heartbeats_soft, idle_heartbeats_hard)
         self.title = title or f"Globus Compute Endpoint ({endpoint_id})"
         self.stop_reason = ""
+        # status.json (endpoint/status.py): written only by the loop thread.
+        self._state = "starting"
+        self._last_heartbeat: float | None = None
         self.ix = Interchange(
             endpoint_id,
             window=4,  # set from the engine once it has started (`_refresh_window`)
@@ -133,6 +137,8 @@ class EndpointRuntime:
                 name="amqp-heartbeats",
                 dead_after=heartbeat_threshold,
             )
+        self._sessions = {id(s): s for s in (self.consumer, self.publisher, self.hb_session)}
+        self._session_up = {s.name: False for s in self._sessions.values()}
 
     # ---- SessionEvents (called on AMQP I/O threads) ---------------------------------------
     def on_connected(self, session: AmqpSession, generation: int) -> None:
@@ -167,8 +173,10 @@ class EndpointRuntime:
         )
         self._refresh_window()
         self._execute(self.ix.recover(self.journal.load()))
-        for s in {id(x): x for x in (self.consumer, self.publisher, self.hb_session)}.values():
+        for s in self._sessions.values():
             s.start()
+        self._state = "running"
+        self._write_status()
         log.info("endpoint %s running", self.endpoint_id)
         try:
             self._loop()
@@ -231,12 +239,15 @@ class EndpointRuntime:
             if kind == "confirms":
                 plan.extend(self.ix.on_confirms(ev[1], ev[2]))
             elif kind == "connected":
+                self._session_changed(ev[1], up=True)
                 if ev[1] is self.hb_session:
                     self._heartbeat(active=True)  # say hello as soon as we can be heard
                 if ev[1] is self.publisher:
                     plan.extend(self.ix.on_connected())
-            elif kind == "disconnected" and ev[1] is self.publisher:
-                self.ix.on_disconnected()
+            elif kind == "disconnected":
+                self._session_changed(ev[1], up=False)
+                if ev[1] is self.publisher:
+                    self.ix.on_disconnected()
         flush()
         return plan
 
@@ -275,17 +286,52 @@ class EndpointRuntime:
 
     # ---- heartbeats ---------------------------------------------------------------------
     def _heartbeat(self, active: bool) -> None:
-        state: dict[str, Any] = {}
-        try:
-            state.update(self.engine.status())
-        except Exception as e:
-            log.warning("engine status failed: %s", e)
+        engine_status = self._engine_status()
+        state: dict[str, Any] = dict(engine_status)
         state.update(self.ix.status())
         state.update(self._ep_info())
         state.update(heartbeat_period=self.heartbeat_period, active=active)
         report = EPStatusReport(endpoint_id=self.endpoint_id, global_state=state)
         key = f"heartbeat:{time.monotonic_ns()}"
         self.hb_session.publish([self.heartbeats_q.outgoing(key, pack(report))])
+        # A heartbeat queued while the broker is away proves nothing: only count sent ones.
+        if self._session_up.get(self.hb_session.name):
+            self._last_heartbeat = time.time()
+        self._write_status(engine_status)
+
+    def _engine_status(self) -> dict[str, Any]:
+        try:
+            return dict(self.engine.status())
+        except Exception as e:
+            log.warning("engine status failed: %s", e)
+            return {}
+
+    # ---- status.json (health checks) ----------------------------------------------------
+    def _session_changed(self, session: AmqpSession, up: bool) -> None:
+        if self._session_up.get(session.name) != up:
+            self._session_up[session.name] = up
+            self._write_status()
+
+    def _write_status(self, engine_status: dict[str, Any] | None = None) -> None:
+        doc = {
+            "pid": os.getpid(),
+            "endpoint_id": self.endpoint_id,
+            "state": self._state,
+            # Tasks in and results out are what a user waits on; heartbeats ride on them.
+            "amqp_connected": all(
+                self._session_up[s.name] for s in (self.consumer, self.publisher)
+            ),
+            "amqp_sessions": dict(self._session_up),
+            "last_heartbeat_unix": self._last_heartbeat,
+            "heartbeat_period": self.heartbeat_period,
+            "engine": self._engine_status() if engine_status is None else engine_status,
+            "interchange": self.ix.status(),
+            "updated_unix": time.time(),
+        }
+        try:
+            write_status(self.ep_dir, doc)
+        except OSError as e:  # a full disk must not stop the endpoint; health turns stale
+            log.warning("could not write %s/status.json: %s", self.ep_dir, e)
 
     def _refresh_window(self) -> None:
         """Follow the engine's capacity as blocks and workers come and go."""
@@ -326,6 +372,8 @@ class EndpointRuntime:
         """Stop taking tasks, let running ones finish, flush results, say goodbye."""
         set_title(self.title + " [shutdown in progress]")
         log.info("stopping: %s", self.ix.status())
+        self._state = "stopping"
+        self._write_status()
         self.ix.stop_accepting()
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
         # Unstarted journaled tasks stay in the journal and run at the next start.
@@ -336,8 +384,11 @@ class EndpointRuntime:
                 self._execute(self.ix.republish())
         # The I/O thread runs queued calls in order, so this publish goes out before stop()'s close.
         self._heartbeat(active=False)
-        for s in {id(x): x for x in (self.consumer, self.publisher, self.hb_session)}.values():
+        for s in self._sessions.values():
             s.stop()
+        self._state = "stopped"
+        self._session_up = dict.fromkeys(self._session_up, False)
+        self._write_status()
         self.engine.shutdown(wait=False)
         self.journal.close()
         log.info("endpoint %s stopped", self.endpoint_id)

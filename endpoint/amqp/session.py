@@ -61,6 +61,19 @@ class SessionEvents(Protocol):
 
 
 @dataclass(frozen=True)
+class MessageProperties:
+    """The AMQP properties a command consumer checks (content type, timestamp)."""
+
+    content_type: str | None
+    timestamp: int | None
+    headers: dict[str, Any]
+
+
+#: Receives (generation, delivery tag, properties, body) instead of `SessionEvents.on_delivery`.
+MessageSink = Callable[[int, int, MessageProperties, bytes], None]
+
+
+@dataclass(frozen=True)
 class Outgoing:
     """One message to publish; `key` comes back in `on_confirms`."""
 
@@ -100,8 +113,13 @@ class AmqpSession:
         prefetch_count: int = 256,
         name: str = "amqp",
         dead_after: float | None = None,
+        exclusive: bool = True,
+        on_message: MessageSink | None = None,
     ) -> None:
         self.url = url
+        # A manager's command queue is consumed non-exclusively and needs the properties.
+        self._exclusive = exclusive
+        self._on_message = on_message
         self.dead_after = dead_after
         self.name = name
         self._events = events
@@ -195,10 +213,17 @@ class AmqpSession:
         def on_message(
             _ch: Any, method: pika.spec.Basic.Deliver, props: pika.BasicProperties, body: bytes
         ) -> None:
+            if self._on_message is not None:
+                found = MessageProperties(props.content_type, props.timestamp, props.headers or {})
+                self._on_message(gen, method.delivery_tag, found, body)
+                return
             self._events.on_delivery(gen, method.delivery_tag, props.headers or {}, body)
 
         ch.basic_consume(
-            self._queue, on_message, exclusive=True, callback=lambda _f: self._became_ready()
+            self._queue,
+            on_message,
+            exclusive=self._exclusive,
+            callback=lambda _f: self._became_ready(),
         )
 
     def _became_ready(self) -> None:

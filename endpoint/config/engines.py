@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from endpoint.config.containers import ContainerSettings
+
 #: The worker's default limit on a serialized result (the web service refuses larger ones).
 DEFAULT_RESULT_SIZE_LIMIT = 10 * 1024 * 1024
 
@@ -83,8 +85,8 @@ class ThreadPoolEngineConfig(EngineConfig):
     max_workers: int | None = Field(default=None, ge=1)
 
 
-class ProcessPoolEngineConfig(EngineConfig):
-    """Tasks run in a pool of local worker processes."""
+class ProcessPoolEngineConfig(ContainerSettings, EngineConfig):
+    """Tasks run in a pool of local worker processes (each in a container, optionally)."""
 
     type: Literal["ProcessPoolEngine"] = "ProcessPoolEngine"
     # None: one worker per CPU.

@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from endpoint.config import parsl_types, retired
+from endpoint.config.containers import ContainerSettings
 from endpoint.config.engines import EngineConfig
 from endpoint.config.issues import Issue, did_you_mean, fail, fail_at
 
@@ -37,11 +38,6 @@ log = logging.getLogger(__name__)
 
 #: The field holding executor keywords; in YAML they sit directly under ``engine:``.
 PASSTHROUGH = "htex_options"
-
-DOCKER_TYPES = ("docker", "podman", "podman-hpc")
-APPTAINER_TYPES = ("apptainer", "singularity")
-ContainerType = Literal["docker", "podman", "podman-hpc", "apptainer", "singularity", "custom"]
-LAUNCH_CMD_PLACEHOLDER = "{EXECUTOR_LAUNCH_CMD}"
 
 #: Providers that run containers themselves; an engine-level image would be a second one.
 SELF_CONTAINED_PROVIDERS = ("AWSProvider", "GoogleCloudProvider", "KubernetesProvider")
@@ -177,7 +173,7 @@ def _worker_ports_problem(value: Any) -> str:
     return f"must be a pair of ports [task_port, result_port], got {value!r}"
 
 
-class ParslEngineConfig(EngineConfig):
+class ParslEngineConfig(ContainerSettings, EngineConfig):
     """What GlobusComputeEngine and GlobusMPIEngine share."""
 
     #: The Parsl executor (in `parsl.executors`) whose keywords pass through.
@@ -186,9 +182,6 @@ class ParslEngineConfig(EngineConfig):
     refused: ClassVar[dict[str, str]] = {}
 
     encrypted: bool = True  # CurveZMQ between interchange and workers
-    container_type: ContainerType | None = None
-    container_uri: str | None = None
-    container_cmd_options: str | None = None
     job_status_kwargs: JobStatusKwargs = Field(default_factory=JobStatusKwargs)
     # Deprecated; a usable value is moved into job_status_kwargs before validation, so one
     # that reaches the field is an error. Never dumped.
@@ -205,9 +198,7 @@ class ParslEngineConfig(EngineConfig):
     def _normalize(cls, data: dict[str, Any]) -> dict[str, Any]:
         if PASSTHROUGH in data:
             fail_at(PASSTHROUGH, "unknown key")
-        data = dict(data)
-        if data.get("container_type") == "None":  # the docs list 'None' as a choice
-            del data["container_type"]
+        data = super()._normalize(data)
         _move_strategy(data)
         _rename_worker_ports(data)
         own = set(cls.model_fields) - {PASSTHROUGH}
@@ -309,19 +300,15 @@ class ParslEngineConfig(EngineConfig):
         )
 
     @model_validator(mode="after")
-    def _check_containers(self) -> ParslEngineConfig:
-        issues = container_issues(self)
+    def _check_container_provider(self) -> ParslEngineConfig:
         provider_type = self.provider.get("type")
-        if self.container_uri and provider_type in SELF_CONTAINED_PROVIDERS:
-            issues.append(
-                (
-                    ("container_uri",),
-                    f"not compatible with {provider_type}, which starts containers itself;"
-                    " set the image on the provider (e.g. provider.image)",
-                )
+        if self.container_type and provider_type in SELF_CONTAINED_PROVIDERS:
+            key = "container_uri" if self.container_uri else "container_type"
+            fail_at(
+                key,
+                f"not compatible with {provider_type}, which starts containers itself;"
+                " set the image on the provider (e.g. provider.image)",
             )
-        if issues:
-            fail(issues)
         return self
 
     def engine_spec(self) -> dict[str, Any]:
@@ -339,36 +326,6 @@ def _value_problem(key: str, value: Any) -> str | None:
     return None
 
 
-def container_issues(engine: ParslEngineConfig) -> list[Issue]:
-    """Container settings that cannot work together (the official engine asserts or ignores)."""
-    kind, uri, options = engine.container_type, engine.container_uri, engine.container_cmd_options
-    if kind is None:
-        unused = [k for k in ("container_uri", "container_cmd_options") if getattr(engine, k)]
-        return [((k,), "has no effect without container_type") for k in unused]
-    if kind in DOCKER_TYPES + APPTAINER_TYPES and not uri:
-        return [(("container_type",), f"{kind} needs container_uri (the image to run)")]
-    if kind != "custom":
-        return []
-    if not options:
-        return [
-            (
-                ("container_type",),
-                "custom needs container_cmd_options: the whole command, with"
-                f" {LAUNCH_CMD_PLACEHOLDER} where the worker command goes",
-            )
-        ]
-    if LAUNCH_CMD_PLACEHOLDER not in options:
-        return [
-            (
-                ("container_cmd_options",),
-                f"must contain {LAUNCH_CMD_PLACEHOLDER}, or the container never starts a worker",
-            )
-        ]
-    if uri:
-        log.warning("engine.container_uri is ignored with container_type custom")
-    return []
-
-
 class GlobusComputeEngineConfig(ParslEngineConfig):
     """Workers started by Parsl's HighThroughputExecutor through a provider (local or batch)."""
 
@@ -383,3 +340,11 @@ class GlobusMPIEngineConfig(ParslEngineConfig):
     type: Literal["GlobusMPIEngine"] = "GlobusMPIEngine"
     mpi_launcher: Literal["mpiexec", "srun", "aprun"] = "mpiexec"
     max_workers_per_block: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _refuse_routing(self) -> GlobusMPIEngineConfig:
+        # MPI tasks size their nodes through the resource specification; a second
+        # dimension (the image) would need a pool per image *and* node shape.
+        if self.container_routing is not None:
+            fail_at("container_routing", "not supported on GlobusMPIEngine; use a static image")
+        return self

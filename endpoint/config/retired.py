@@ -10,8 +10,9 @@ below are the official releases.
 from __future__ import annotations
 
 _FUNCX_ROUTING = (
-    "funcX container routing (worker_mode/scheduler_mode) was removed in 3.0; run workers in a"
-    " container with engine.container_type and engine.container_uri"
+    "funcX container routing (worker_mode/scheduler_mode) was removed in 3.0; route tasks to"
+    " per-image pools with engine.container_routing (soft or hard) and engine.container_type,"
+    " or run every worker in one image with container_type and container_uri"
 )
 _NEVER_READ = "accepted but never read by the official endpoint, so it would do nothing"
 

@@ -9,6 +9,7 @@ from endpoint.engines.base import Engine, ResultCallback, TaskSubmission
 from endpoint.engines.htex import GlobusComputeEngine
 from endpoint.engines.mpi import GlobusMPIEngine
 from endpoint.engines.process import ProcessPoolEngine
+from endpoint.engines.routing import ROUTING_KEYS, RoutingEngine, build_routing_engine
 from endpoint.engines.thread import ThreadPoolEngine
 from endpoint.errors import ConfigError
 
@@ -19,6 +20,7 @@ __all__ = [
     "GlobusMPIEngine",
     "ProcessPoolEngine",
     "ResultCallback",
+    "RoutingEngine",
     "TaskSubmission",
     "ThreadPoolEngine",
     "build_engine",
@@ -34,11 +36,16 @@ ENGINE_TYPES: dict[str, type[Engine]] = {
 
 
 def build_engine(spec: dict[str, Any]) -> Engine:
-    """Build the engine a config's ``engine:`` mapping describes (``type`` plus kwargs)."""
+    """Build the engine a config's ``engine:`` mapping describes (``type`` plus kwargs).
+
+    With ``container_routing`` the result is a `RoutingEngine` around the configured engine
+    (`endpoint.engines.routing`).
+    """
     if not isinstance(spec, dict):
         raise ConfigError(f"engine must be a mapping with a 'type' key, got {spec!r}")
     kwargs = dict(spec)
     kind = kwargs.pop("type", None)
+    routing = {key: kwargs.pop(key) for key in ROUTING_KEYS if key in kwargs}
     cls = ENGINE_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise ConfigError(
@@ -52,7 +59,7 @@ def build_engine(spec: dict[str, Any]) -> Engine:
                 f"{', '.join(sorted(accepted))}"
             )
     try:
-        return cls(**kwargs)
+        return build_routing_engine(cls, kwargs, routing)
     except ConfigError as e:
         raise ConfigError(f"engine ({kind}): {e}") from e
 

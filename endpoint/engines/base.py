@@ -14,6 +14,19 @@ Engine-level error codes (the worker's own codes are listed in `endpoint.worker.
     The task carries a non-empty ``resource_specification``, which local pools cannot honour.
 ``EngineFailure``
     The engine itself cannot run tasks (for example worker processes fail to start).
+
+Container error codes (workers in containers, `endpoint.containers`):
+
+``ContainerImageNotFound``
+    The image is not on this host and pulling it failed (the runtime's reason follows).
+``WorkerVersionMismatch``
+    The image's Python, container-compute-endpoint, dill (or, for Parsl pools, Parsl) differ
+    from the endpoint's; ``data`` names each difference and what to rebuild.
+``ContainerStartFailed``
+    The runtime is missing, or the container's pool did not become ready.
+``ContainerImageNotAllowed``
+    The task names an image this endpoint does not run (hard routing, or an allow-list), or
+    the engine does not route tasks to containers at all.
 """
 
 from __future__ import annotations
@@ -27,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from endpoint.containers.codes import CODE_IMAGE_NOT_ALLOWED, CONTAINER_IMAGE_KEY
 from endpoint.errors import ConfigError, LifecycleError
 from endpoint.protocol.messages import ACTOR_INTERCHANGE, STATE_EXEC_END, Result, pack, transition
 from endpoint.protocol.results import env_details
@@ -79,6 +93,18 @@ class Engine(ABC):
     def start(self, *, endpoint_id: str, run_dir: Path, on_result: ResultCallback) -> None:
         """Get ready to run tasks; `run_dir` is the endpoint directory."""
 
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait (after `start`) until a worker can take a task or the engine has failed.
+
+        False when ``timeout`` passed first. Engines whose workers start synchronously are
+        ready at once.
+        """
+        return True
+
+    def failure(self) -> tuple[str, str] | None:
+        """(error code, reason) once the engine can no longer run tasks, else None."""
+        return None
+
     @abstractmethod
     def submit(self, task: TaskSubmission) -> None:
         """Queue a task; never blocks long. Its Result arrives via `on_result` exactly once."""
@@ -119,6 +145,19 @@ def engine_error_result(
             error_details={"code": code, "user_message": user_message or message},
             task_statuses=statuses,
         )
+    )
+
+
+def container_refusal(task: TaskSubmission, engine: str, endpoint_id: str) -> bytes:
+    """The error Result for a task naming a container image an engine does not route."""
+    spec = task.resource_specification or {}
+    return engine_error_result(
+        task.task_id,
+        CODE_IMAGE_NOT_ALLOWED,
+        f"{CONTAINER_IMAGE_KEY} {spec.get(CONTAINER_IMAGE_KEY)!r}: this endpoint's {engine}"
+        " does not run tasks in per-task containers; its administrator can enable it with"
+        " engine.container_routing (soft or hard) and engine.container_type",
+        endpoint_id,
     )
 
 
@@ -262,6 +301,8 @@ class PoolEngine(TaskEngine):
         """An error Result for a task this engine cannot run, or None."""
         if not task.resource_specification:
             return None
+        if CONTAINER_IMAGE_KEY in task.resource_specification:
+            return container_refusal(task, type(self).__name__, self.endpoint_id)
         keys = ", ".join(sorted(map(str, task.resource_specification)))
         return engine_error_result(
             task.task_id,

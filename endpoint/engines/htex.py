@@ -21,6 +21,8 @@ What this engine adds on top:
   ``init_blocks``) runs at once rather than one ``strategy_period`` later.
 * **Cheap status**: a watcher thread asks the interchange about managers twice a second;
   `status` only reads that snapshot.
+* **Containers** (``container_type``): every block's worker pool runs inside the image,
+  after an image check and a version probe (`endpoint.engines.htex_containers`).
 
 Parsl's files live under ``<run_dir>/parsl/<label>-HighThroughputExecutor/`` (logs and the
 CurveZMQ certificates) and the provider's job scripts under ``<run_dir>/submit_scripts``.
@@ -39,7 +41,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from endpoint.engines import htex_config, htex_status
+from endpoint.containers.codes import (
+    CODE_CONTAINER_FAILED,
+    CODE_IMAGE_NOT_FOUND,
+    CODE_VERSION_MISMATCH,
+    CONTAINER_IMAGE_KEY,
+)
+from endpoint.containers.spec import container_spec
+from endpoint.engines import htex_config
 from endpoint.engines.base import (
     CODE_ENGINE_FAILURE,
     CODE_RESOURCE_SPEC,
@@ -51,17 +60,18 @@ from endpoint.engines.base import (
     TaskSubmission,
     _positive_int,
     attempts_report,
+    container_refusal,
     engine_error_result,
 )
 from endpoint.engines.batching import RUNNER, BatchPolicy, encode_batch
-from endpoint.errors import ConfigError, LifecycleError
+from endpoint.engines.htex_containers import ContainerWorkers
+from endpoint.engines.htex_watch import WatcherMixin
+from endpoint.errors import ConfigError, ContainerError, ImageNotFound, LifecycleError
 
 log = logging.getLogger(__name__)
 
 #: Most tasks per Parsl message when the queue is deep (``task_batch_size``; 1 = off).
 DEFAULT_TASK_BATCH_SIZE = 64
-#: How often the watcher refreshes managers and checks the interchange is alive.
-REFRESH_S = 0.5
 _IDLE_TICK_S = 1.0
 
 
@@ -80,7 +90,7 @@ class _Batch:
     jobs: list[_Job]
 
 
-class GlobusComputeEngine(TaskEngine):
+class GlobusComputeEngine(WatcherMixin, TaskEngine):
     """Runs tasks on Parsl's HighThroughputExecutor; see the module docstring.
 
     Beyond the options every engine has (``working_dir``, ``run_in_sandbox``,
@@ -98,8 +108,9 @@ class GlobusComputeEngine(TaskEngine):
     ``task_batch_size``
         Most tasks per Parsl message when the queue is deep (default 64; 1 disables
         batching).
-    ``container_*``
-        Reserved for containerized workers (not in this build yet).
+    ``container_type`` / ``container_uri`` / ``container_cmd_options``
+        Run every block's worker pool in a container (docker, podman, podman-hpc,
+        apptainer, singularity, or a custom command template); see `endpoint.containers`.
     ``**htex_options``
         Any other HighThroughputExecutor option, by its Parsl name; ``worker_ports`` is
         read as ``worker_port`` for older configs.
@@ -136,13 +147,7 @@ class GlobusComputeEngine(TaskEngine):
             max_retries_on_system_failure=max_retries_on_system_failure,
             result_size_limit=result_size_limit,
         )
-        if container_type is not None:
-            raise ConfigError(
-                f"container_type {container_type!r} is not supported by this build yet"
-                " (containers come with the container engine work)"
-            )
-        self.container_uri = container_uri
-        self.container_cmd_options = container_cmd_options
+        self.container = container_spec(container_type, container_uri, container_cmd_options)
         self._check_refused(htex_options)
         if not isinstance(encrypted, bool):
             raise ConfigError(f"encrypted must be true or false, got {encrypted!r}")
@@ -189,17 +194,18 @@ class GlobusComputeEngine(TaskEngine):
             encrypted=encrypted,
             **kwargs,
         )
-        if "launch_cmd" not in kwargs:
-            executor.launch_cmd = self._worker_command(
-                htex_config.worker_launch_cmd(executor.launch_cmd)
-            )
+        self._containers: ContainerWorkers | None = None
+        if self.container is not None:
+            inner = executor.launch_cmd
+            if "launch_cmd" not in kwargs:
+                inner = htex_config.container_worker_launch_cmd(inner)
+            # Wrapped in start(), which knows the directory to mount.
+            self._containers = ContainerWorkers(self.container, inner)
+        elif "launch_cmd" not in kwargs:
+            executor.launch_cmd = htex_config.worker_launch_cmd(executor.launch_cmd)
         if "interchange_launch_cmd" not in kwargs:
             executor.interchange_launch_cmd = htex_config.interchange_launch_cmd()
         return executor
-
-    def _worker_command(self, command: str) -> str:
-        """The worker pool's launch command; container support wraps it here (argv-safe)."""
-        return command
 
     def _init_state(self) -> None:
         self._cond = threading.Condition(self._lock)
@@ -212,6 +218,8 @@ class GlobusComputeEngine(TaskEngine):
         self._outstanding = 0  # tasks submitted and not yet answered
         self._submitted = 0
         self._broken: str | None = None
+        self._broken_code = CODE_ENGINE_FAILURE
+        self._verifying = False  # a containerized pool's version probe is outstanding
         self._stopping = False
         self._stop_now = False
         self._managers: list[dict[str, Any]] = []
@@ -235,6 +243,10 @@ class GlobusComputeEngine(TaskEngine):
         self.executor.run_dir = str(parsl_dir)
         self.executor.provider.script_dir = str(scripts)
         self.executor.engine_outstanding = lambda: self._outstanding
+        if not self._prepare_containers(base):
+            self._parsl_stopped = True  # nothing of Parsl's was started
+            self._start_thread(self._dispatch_forever, "dispatch")  # answers with the reason
+            return
         try:
             self.executor.start()  # waits for the interchange to bind its ports
         except Exception as e:
@@ -243,11 +255,55 @@ class GlobusComputeEngine(TaskEngine):
         from endpoint.engines.parsl_glue import GatedPoller
 
         self._poller = GatedPoller(self.executor, **self.scaling)
-        for target, name in ((self._dispatch_forever, "dispatch"), (self._watch, "watch")):
-            thread = threading.Thread(target=target, name=f"{self.label}-{name}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        if self._containers is not None:
+            self._verifying = True
+            self._containers.send_probe(self.executor, self._on_probe)
+        self._start_thread(self._dispatch_forever, "dispatch")
+        self._start_thread(self._watch, "watch")
         log.info("%s started (Parsl files in %s)", self.label, parsl_dir)
+
+    def _start_thread(self, target: Any, name: str) -> None:
+        thread = threading.Thread(target=target, name=f"{self.label}-{name}", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _prepare_containers(self, run_dir: Path) -> bool:
+        """Wrap the worker command in the container; False when no block could start."""
+        if self._containers is None:
+            return True
+        try:
+            self._containers.prepare(self.executor, run_dir, self.label)
+        except ContainerError as e:
+            code = CODE_IMAGE_NOT_FOUND if isinstance(e, ImageNotFound) else CODE_CONTAINER_FAILED
+            self._mark_broken(f"{self.label}: {e}", code)
+            return False
+        return True
+
+    def _on_probe(self, problem: str | None, failure: BaseException | None) -> None:
+        """The containerized pool answered the version probe (Parsl's result thread)."""
+        if failure is not None:  # e.g. every block died: the image cannot run a worker
+            hint = self._containers.startup_hint() if self._containers else ""
+            self._mark_broken(self._bad_state_reason(failure) + hint)
+            return
+        if problem is not None:
+            self._mark_broken(f"{self.label}: {problem}", CODE_VERSION_MISMATCH)
+            return
+        with self._cond:
+            self._verifying = False
+            self._cond.notify_all()
+        spec = self.container.describe() if self.container else "?"
+        log.info("%s: workers in %s match this endpoint", self.label, spec)
+
+    def wait_ready(self, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: self._broken is not None or (not self._verifying and self._capacity > 0),
+                timeout,
+            )
+
+    def failure(self) -> tuple[str, str] | None:
+        with self._cond:
+            return None if self._broken is None else (self._broken_code, self._broken)
 
     def submit(self, task: TaskSubmission) -> None:
         self._check_open()
@@ -256,7 +312,7 @@ class GlobusComputeEngine(TaskEngine):
             if self._closed:
                 raise LifecycleError(f"{self.label} is shut down")
             if refusal is None and self._broken is not None:
-                refusal = self._fail_packet(_Job(task), CODE_ENGINE_FAILURE, self._broken)
+                refusal = self._fail_packet(_Job(task), self._broken_code, self._broken)
             if refusal is not None:
                 self._immediate.append((task.task_id, refusal))
             else:
@@ -279,6 +335,8 @@ class GlobusComputeEngine(TaskEngine):
             if thread is not threading.current_thread():
                 thread.join(timeout=None if wait else 1.0)
         self._stop_parsl(graceful=wait)
+        if self._containers is not None:
+            self._containers.cleanup()
 
     def _stop_parsl(self, *, graceful: bool) -> None:
         """Stop scaling, then blocks, then the interchange (it answers the scale-in)."""
@@ -320,6 +378,8 @@ class GlobusComputeEngine(TaskEngine):
         spec = task.resource_specification
         if not spec and not self._needs_resource_spec():
             return job, None
+        if spec and CONTAINER_IMAGE_KEY in spec:
+            return job, container_refusal(task, type(self).__name__, self.endpoint_id)
         job.spec = dict(spec or {})
         try:
             # Parsl's validation may fill in derived keys (MPI: num_ranks from the others).
@@ -391,6 +451,8 @@ class GlobusComputeEngine(TaskEngine):
 
     def _plan(self) -> list[_Batch]:
         """Take batches off the queue for the free room in flight (lock held)."""
+        if self._verifying:
+            return []  # nothing runs in a container before its versions are known to match
         free = self._target_in_flight() - len(self._batches)
         batches = []
         for size in self._policy.sizes(len(self._queue), free):
@@ -502,10 +564,10 @@ class GlobusComputeEngine(TaskEngine):
         detail = f"{type(cause).__name__}: {cause}".strip() if cause else "unknown reason"
         return f"{self.label} cannot run tasks; Parsl's executor is in a bad state: {detail}"
 
-    def _mark_broken(self, reason: str) -> str:
+    def _mark_broken(self, reason: str, code: str = CODE_ENGINE_FAILURE) -> str:
         with self._cond:
             if self._broken is None:
-                self._broken = reason
+                self._broken, self._broken_code = reason, code
                 log.error("%s", reason)
             self._cond.notify_all()
             return self._broken
@@ -521,96 +583,12 @@ class GlobusComputeEngine(TaskEngine):
             doomed = [entry[2] for entry in self._queue]
             self._queue.clear()
             reason = self._broken or f"{self.label} is broken"
+            code = self._broken_code
         for job in doomed:
-            self._deliver(job.task.task_id, self._fail_packet(job, CODE_ENGINE_FAILURE, reason))
+            self._deliver(job.task.task_id, self._fail_packet(job, code, reason))
         with self._cond:
             self._outstanding -= len(doomed)
             self._cond.notify_all()
-
-    # ---- the watcher thread ------------------------------------------------------------
-
-    def _watch(self) -> None:
-        from endpoint.engines.parsl_glue import is_command_failure
-
-        while not self._watch_stop.wait(REFRESH_S):
-            try:
-                self._check_interchange()
-                self._refresh_managers()
-            except Exception as e:
-                if not is_command_failure(e):
-                    log.debug("%s: status refresh failed: %s", self.label, e)
-                    continue
-                # Parsl's command channel is unusable from now on (it never recovers).
-                self._interchange_failed(f"the Parsl interchange stopped answering ({e!r})")
-
-    def _check_interchange(self) -> None:
-        proc = self.executor.interchange_proc
-        code = proc.poll() if proc is not None else None
-        if code is not None:
-            self._interchange_failed(f"the Parsl interchange exited unexpectedly (code {code})")
-
-    def _interchange_failed(self, reason: str) -> None:
-        """Fail what the interchange held (Parsl itself would wait for it forever)."""
-        if self.executor.bad_state_is_set or self._parsl_stopped:
-            return
-        self.executor.set_bad_state_and_fail_all(RuntimeError(reason))
-        with self._cond:
-            self._cond.notify_all()
-
-    def _refresh_managers(self) -> None:
-        if self.executor.bad_state_is_set:
-            return
-        managers = self.executor.connected_managers()
-        unknown = [m["manager"] for m in managers if m["manager"] not in self._packages]
-        if unknown:  # a pool's packages never change: ask once per new pool
-            packages = self.executor.connected_managers_packages()
-            for manager in unknown:
-                self._packages[manager] = htex_status.package_versions(packages.get(manager, {}))
-        capacity = htex_status.capacity(managers, int(self.executor.prefetch_capacity))
-        with self._cond:
-            self._managers = managers
-            if capacity != self._capacity:
-                self._capacity = capacity
-                self._cond.notify_all()
-
-    # ---- status ------------------------------------------------------------------------
-
-    def inflight_target(self) -> int:
-        # Enough for a full batch per worker slot twice over, so a deep queue reaches the
-        # engine and is sent in batches; the slots count is at least one block's worth even
-        # before the first block has connected.
-        slots = max(int(self.status().get("total_workers") or 0), self._slots_per_block())
-        return max(4, 2 * slots * self.task_batch_size)
-
-    def _slots_per_block(self) -> int:
-        per_node = self.status().get("max_workers_per_node")
-        nodes = int(self.status().get("nodes_per_block") or 1)
-        # Parsl's "unlimited" workers per node means one per core.
-        return (int(per_node) if per_node else os.cpu_count() or 1) * nodes
-
-    def status(self) -> dict[str, Any]:
-        from endpoint.engines.parsl_glue import block_states
-
-        with self._cond:
-            queued = len(self._queue)
-            sizes = [len(b.jobs) for b in self._batches.values()]
-            outstanding, submitted = self._outstanding, self._submitted
-            managers = list(self._managers)
-        # Batches leave in order and the interchange hands them out in order, so the oldest
-        # are the ones on workers (approximate under priorities or prefetch).
-        running = sum(sizes[: sum(int(m["tasks"]) for m in managers)])
-        return {
-            **htex_status.manager_summary(managers),
-            "pending_tasks": queued + sum(sizes) - running,
-            "running_tasks": running,
-            "outstanding_tasks": outstanding,
-            "total_tasks": submitted,
-            **htex_status.settings_status(type(self).__name__, self.executor, self.scaling),
-            "blocks": block_states(self.executor),
-            "node_info": htex_status.node_info(
-                self.executor.blocks_to_job_id, managers, self._packages
-            ),
-        }
 
 
 __all__ = ["DEFAULT_TASK_BATCH_SIZE", "GlobusComputeEngine"]

@@ -219,5 +219,16 @@ def worker_launch_cmd(parsl_default: str) -> str:
     return f"{python} -m {_WORKER_MODULE} {arguments}"
 
 
+def container_worker_launch_cmd(parsl_default: str, python: str = "python3") -> str:
+    """Parsl's worker command as run inside a container image.
+
+    The container's own Python (first on its PATH) runs the worker pool, through
+    `endpoint.containers.entry` so that the pool, as the container's PID 1, still stops on
+    SIGTERM. Parsl's ``{...}`` placeholders are kept for it to fill in.
+    """
+    _, _, arguments = parsl_default.partition(" ")
+    return f"{python} -m endpoint.containers.entry {_WORKER_MODULE} {arguments}"
+
+
 def interchange_launch_cmd() -> list[str]:
     return [sys.executable, "-m", _INTERCHANGE_MODULE]

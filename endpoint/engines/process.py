@@ -12,6 +12,12 @@ requeued without losing an attempt, and the other workers carry on untouched. (P
 Throughput: a worker gets its next task while it still runs the current one when that task
 is small, so workers never wait a round trip for work; the dispatcher only touches the wake-up
 pipe when it is actually asleep.
+
+Containers: with ``container_type`` (and ``container_uri``) every worker process runs in its
+own container of that image (`endpoint.engines.process_launch`); the pool then checks at
+start that the image is present and, in each worker's hello, that the worker's versions
+match the endpoint's. Either failure answers the pool's tasks with a clear error Result
+(``ContainerImageNotFound``, ``WorkerVersionMismatch``) rather than losing workers.
 """
 
 from __future__ import annotations
@@ -24,7 +30,6 @@ import selectors
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections import deque
@@ -33,7 +38,12 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-import endpoint
+from endpoint.containers.codes import (
+    CODE_CONTAINER_FAILED,
+    CODE_IMAGE_NOT_FOUND,
+    CODE_VERSION_MISMATCH,
+)
+from endpoint.containers.spec import container_spec
 from endpoint.engines.base import (
     CODE_ENGINE_FAILURE,
     CODE_WORKER_LOST,
@@ -43,7 +53,8 @@ from endpoint.engines.base import (
     _positive_int,
     engine_error_result,
 )
-from endpoint.errors import LifecycleError
+from endpoint.engines.process_launch import ContainerLauncher, LocalLauncher, worker_env
+from endpoint.errors import ContainerError, ImageNotFound, LifecycleError
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +118,9 @@ class ProcessPoolEngine(PoolEngine):
         *,
         max_workers: int | None = None,
         max_tasks_per_child: int | None = None,
+        container_type: str | None = None,
+        container_uri: str | None = None,
+        container_cmd_options: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -130,7 +144,14 @@ class ProcessPoolEngine(PoolEngine):
         self._startup_failures = 0
         self._next_spawn_at = 0.0
         self._broken: str | None = None
+        self._broken_code = CODE_ENGINE_FAILURE
+        self._ready = threading.Event()  # a worker said hello, or the pool failed
         self._thread: threading.Thread | None = None
+        spec = container_spec(container_type, container_uri, container_cmd_options)
+        self.container = spec
+        # Late-bound so that tests can swap the environment workers get.
+        local = LocalLauncher(env=lambda: _worker_env())
+        self._launcher = local if spec is None else ContainerLauncher(spec)
 
     # ---- public interface --------------------------------------------------------------
 
@@ -143,6 +164,7 @@ class ProcessPoolEngine(PoolEngine):
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._prepare_launcher(run_dir)
         self._top_up()
         self._thread = threading.Thread(
             target=self._dispatch_forever, name=f"{self.label}-dispatch", daemon=True
@@ -159,7 +181,7 @@ class ProcessPoolEngine(PoolEngine):
                 raise LifecycleError(f"{self.label} is shut down")
             if refusal is None and self._broken is not None:
                 refusal = engine_error_result(
-                    task.task_id, CODE_ENGINE_FAILURE, self._broken, self.endpoint_id
+                    task.task_id, self._broken_code, self._broken, self.endpoint_id
                 )
             if refusal is None:
                 self._queue.append(_Job(task))
@@ -175,6 +197,27 @@ class ProcessPoolEngine(PoolEngine):
             threading.Thread(target=self._deliver, args=(task.task_id, refusal)).start()
         elif wake:
             self._wake()
+
+    def _prepare_launcher(self, run_dir: Path) -> None:
+        try:
+            self._launcher.prepare(run_dir, self.label)
+        except ContainerError as e:
+            code = CODE_IMAGE_NOT_FOUND if isinstance(e, ImageNotFound) else CODE_CONTAINER_FAILED
+            self._set_broken(f"{self.label}: {e}", code)
+
+    def _set_broken(self, reason: str, code: str = CODE_ENGINE_FAILURE) -> None:
+        with self._lock:
+            if self._broken is None:
+                self._broken, self._broken_code = reason, code
+        log.error("%s", reason)
+        self._ready.set()
+
+    def wait_ready(self, timeout: float) -> bool:
+        return self._ready.wait(timeout)
+
+    def failure(self) -> tuple[str, str] | None:
+        broken = self._broken
+        return None if broken is None else (self._broken_code, broken)
 
     def _dispatcher_alive(self) -> bool:
         return self._thread is None or self._thread.is_alive()
@@ -230,18 +273,9 @@ class ProcessPoolEngine(PoolEngine):
     def _spawn(self) -> bool:
         parent_sock, child_sock = socket.socketpair()
         options = json.dumps(asdict(self.options))
-        # -P: no script or cwd directory on sys.path, so nothing there can shadow a module.
-        cmd = [sys.executable, "-P", "-m", "endpoint.worker", "--fd", str(child_sock.fileno())]
-        cmd += ["--options", options]
-        if self.max_tasks_per_child is not None:
-            cmd += ["--max-tasks", str(self.max_tasks_per_child)]
         try:
-            proc = subprocess.Popen(
-                cmd,
-                pass_fds=(child_sock.fileno(),),
-                stdin=subprocess.DEVNULL,
-                env=_worker_env(),
-                cwd=self.options.run_dir,
+            proc = self._launcher.spawn(
+                child_sock, options, self.max_tasks_per_child, self.options.run_dir
             )
         except OSError as e:
             parent_sock.close()
@@ -264,10 +298,12 @@ class ProcessPoolEngine(PoolEngine):
         with self._lock:
             if any(not w.dead for w in self._workers):
                 return  # some workers still run tasks; just stop adding more
-            self._broken = f"{self.label} has no working worker processes: {reason}"
+            hint = self._launcher.startup_hint()
+            self._broken = f"{self.label} has no working worker processes: {reason}{hint}"
             doomed = list(self._queue)
             self._queue.clear()
         log.error("%s", self._broken)
+        self._ready.set()
         for job in doomed:
             self._fail(job, CODE_ENGINE_FAILURE, self._broken)
 
@@ -370,8 +406,13 @@ class ProcessPoolEngine(PoolEngine):
 
     def _on_message(self, worker: _Worker, data: bytes) -> None:
         if not worker.ready:
+            problem = self._launcher.check_hello(data)
+            if problem is not None:
+                self._fail_everything(problem, CODE_VERSION_MISMATCH)
+                return
             worker.ready = True  # hello
             self._startup_failures = 0
+            self._ready.set()
             return
         with self._lock:
             job = worker.jobs.popleft() if worker.jobs else None
@@ -448,18 +489,25 @@ class ProcessPoolEngine(PoolEngine):
         packed = engine_error_result(task_id, code, message, self.endpoint_id, job.queued_ns)
         self._deliver(task_id, packed)
 
-    def _fail_everything(self, reason: str) -> None:
+    def _fail_everything(self, reason: str, code: str = CODE_ENGINE_FAILURE) -> None:
+        """Answer every task with ``code`` and stop the workers: the pool cannot run any."""
         with self._lock:
-            self._broken = reason
+            self._broken, self._broken_code = reason, code
             doomed = [job for w in self._workers for job in w.jobs] + list(self._queue)
             self._queue.clear()
             for w in self._workers:
                 w.jobs.clear()
             immediate, self._immediate = self._immediate, []
+            workers = list(self._workers)
+        log.error("%s: %s", self.label, reason)
+        self._ready.set()
+        for worker in workers:
+            with contextlib.suppress(OSError):
+                worker.proc.terminate()  # reaped by the dispatcher; none has a job now
         for task_id, packed in immediate:
             self._deliver(task_id, packed)
         for job in doomed:
-            self._fail(job, CODE_ENGINE_FAILURE, reason)
+            self._fail(job, code, reason)
 
     # ---- plumbing ----------------------------------------------------------------------
 
@@ -510,6 +558,7 @@ class ProcessPoolEngine(PoolEngine):
             self._wait(worker, max(0.0, deadline - time.monotonic()))
             self._close(worker)
         self._close_wake_pipe()
+        self._launcher.cleanup()
 
     def _close_wake_pipe(self) -> None:
         if self._selector is not None:
@@ -521,13 +570,7 @@ class ProcessPoolEngine(PoolEngine):
 
 
 def _worker_env() -> dict[str, str]:
-    # Workers import `endpoint` the way this process did, installed or not.
-    env = dict(os.environ)
-    root = str(Path(endpoint.__file__).resolve().parent.parent)
-    paths = env.get("PYTHONPATH", "").split(os.pathsep) if env.get("PYTHONPATH") else []
-    if root not in paths:
-        env["PYTHONPATH"] = os.pathsep.join([root, *paths])
-    return env
+    return worker_env()
 
 
 __all__ = ["ProcessPoolEngine", "default_process_workers"]

@@ -48,7 +48,7 @@ def _functions() -> dict[str, Any]:
 
 
 FUNCTIONS = _functions()
-CONSUMER_TIMEOUT_MS = 1000
+CONSUMER_TIMEOUT_MS = 10_000
 
 
 @dataclass
@@ -89,8 +89,8 @@ class FaultStack(Stack):
 
     def __init__(self, consumer_timeout_ms: int = CONSUMER_TIMEOUT_MS) -> None:
         super().__init__(port=free_port())
-        # Case 7: a broker that drops consumers holding an unacked delivery for more than a
-        # second. Every case runs under it, so none may rely on holding deliveries.
+        # Case 7: a broker that drops consumers holding an unacked delivery for more than ten
+        # seconds. Every case runs under it, so none may rely on holding deliveries.
         conf = self.rabbit.state_dir / "rabbitmq.conf"
         conf.write_text(
             re.sub(

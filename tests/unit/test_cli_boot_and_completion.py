@@ -126,8 +126,8 @@ def test_bash_completion_completes_commands_flags_and_endpoint_names(tmp_path: P
         (tmp_path / name).mkdir()
         (tmp_path / name / "config.yaml").write_text("")
     (tmp_path / "not-an-endpoint").mkdir()
-    assert _complete(["compute-endpoint", "st"], tmp_path) == ["start", "stop"]
-    assert _complete(["compute-endpoint", "-c", "/x", "sta"], tmp_path) == ["start"]
+    assert _complete(["compute-endpoint", "st"], tmp_path) == ["start", "stop", "status"]
+    assert _complete(["compute-endpoint", "-c", "/x", "star"], tmp_path) == ["start"]
     assert _complete(["compute-endpoint", "start", ""], tmp_path) == ["alpha", "beta"]
     assert "--detach" in _complete(["compute-endpoint", "start", "--d"], tmp_path)
     assert _complete(["compute-endpoint", "list", "--format", ""], tmp_path) == ["table", "json"]

@@ -478,8 +478,9 @@ def test_pool_engines_refuse_parsl_engine_options_with_a_hint() -> None:
         " ThreadPoolEngine"
     ) in msg
     assert "engine.bogus (line 4): unknown key" in msg
-    msg = error("engine:\n  type: ProcessPoolEngine\n  container_type: docker\n")
-    assert "an option of GlobusComputeEngine, not of ProcessPoolEngine" in msg
+    # ProcessPoolEngine runs workers in containers too; threads cannot.
+    msg = error("engine:\n  type: ThreadPoolEngine\n  container_type: docker\n")
+    assert "an option of GlobusComputeEngine, not of ThreadPoolEngine" in msg
 
 
 def test_pool_engine_worker_counts_must_be_positive() -> None:
