@@ -251,6 +251,7 @@ def _run_endpoint(run: _Run, reg: service.Registration) -> None:
     runtime = EndpointRuntime(
         endpoint_id=reg.endpoint_id,
         ep_dir=loaded.ep_dir,
+        work_dir=cfg.paths.endpoint_dir,
         engine=run.engine,
         tasks=QueueInfo.from_service(reg.task_queue_info, port),
         results=QueueInfo.from_service(reg.result_queue_info, port),

@@ -91,16 +91,22 @@ class EndpointRuntime:
         idle_heartbeats_soft: int = 0,
         idle_heartbeats_hard: int = 5760,
         heartbeat_threshold: float | None = None,
+        work_dir: Path | None = None,
         title: str = "",
     ) -> None:
         self.endpoint_id = endpoint_id
         self.ep_dir = ep_dir
+        # `paths.endpoint_dir`: where the journal and the engine's files (task dirs, Parsl
+        # run dirs, job scripts) live; the pid file and status.json stay in ep_dir so that
+        # `list`, `stop` and `health` find them.
+        self.work_dir = work_dir or ep_dir
+        self.work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.engine = engine
         self.tasks_q, self.results_q, self.heartbeats_q = tasks, results, heartbeats
         self.heartbeat_period = heartbeat_period
         self.pid_lock = pid_lock
         self.config_text = config_text
-        self.journal = Journal(ep_dir / "journal.db")
+        self.journal = Journal(self.work_dir / "journal.db")
         self._events: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._started = time.time()
@@ -169,7 +175,7 @@ class EndpointRuntime:
     def run(self) -> None:
         set_title(self.title)
         self.engine.start(
-            endpoint_id=self.endpoint_id, run_dir=self.ep_dir, on_result=self._on_result
+            endpoint_id=self.endpoint_id, run_dir=self.work_dir, on_result=self._on_result
         )
         self._refresh_window()
         self._execute(self.ix.recover(self.journal.load()))

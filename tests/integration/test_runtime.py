@@ -261,3 +261,18 @@ def test_busy_endpoint_is_not_idle(broker: Broker, tmp_path: Path) -> None:
     finally:
         rt.request_stop()
         thread.join(timeout=30)
+
+
+def test_paths_endpoint_dir_holds_the_journal_and_task_dirs(broker: Broker, tmp_path: Path) -> None:
+    work = tmp_path / "scratch" / "ep"
+    (tmp_path / "conf").mkdir()
+    rt = make_runtime(broker, tmp_path / "conf", work_dir=work)
+    thread = run_in_thread(rt)
+    try:
+        expected = send_squares(broker, range(2))
+        assert {r.task_id: deserialize(r.data) for r in broker.collect(2)} == expected
+    finally:
+        rt.request_stop()
+        thread.join(timeout=30)
+    assert (work / "journal.db").exists() and not (tmp_path / "conf" / "journal.db").exists()
+    assert (work / "tasks_working_dir").is_dir()
