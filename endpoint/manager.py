@@ -46,6 +46,7 @@ from endpoint.config import ManagerConfig
 from endpoint.errors import ConfigError, EndpointError, SpawnError
 from endpoint.identity import Authorizer, LocalUser, Principal
 from endpoint.lifecycle import TOUCH_EVERY_S, PidLock
+from endpoint.loop import SignalStoppable
 from endpoint.protocol.messages import EPStatusReport, pack
 from endpoint.runtime import QueueInfo, set_title
 from endpoint.spawner import ExecLauncher, ForkServer, Launcher, SpawnSpec
@@ -180,7 +181,7 @@ def describe_exit(status: int | None) -> str:
     return f"exited with status {status}"
 
 
-class Manager:
+class Manager(SignalStoppable):
     def __init__(
         self,
         settings: ManagerSettings,
@@ -243,14 +244,6 @@ class Manager:
 
     def _on_exit(self, pid: int, status: int | None) -> None:
         self._events.put(("exited", pid, status))
-
-    def request_stop(self, *_: Any) -> None:
-        self._stop.set()
-        self._events.put(("wake",))
-
-    def install_signal_handlers(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
-            signal.signal(sig, self.request_stop)
 
     # ---- the main loop -----------------------------------------------------------------------
     def run(self) -> None:

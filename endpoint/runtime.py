@@ -11,7 +11,6 @@ import getpass
 import logging
 import os
 import queue
-import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from endpoint.idle import IdleTracker
 from endpoint.interchange import Delivery, Interchange, Plan
 from endpoint.journal import Journal
 from endpoint.lifecycle import TOUCH_EVERY_S, PidLock
+from endpoint.loop import SignalStoppable
 from endpoint.protocol.messages import EPStatusReport, pack
 from endpoint.protocol.results import error_result
 from endpoint.status import write_status
@@ -72,7 +72,7 @@ def set_title(title: str) -> None:
     setproctitle.setproctitle(title)
 
 
-class EndpointRuntime:
+class EndpointRuntime(SignalStoppable):
     def __init__(
         self,
         *,
@@ -164,14 +164,6 @@ class EndpointRuntime:
         self._events.put(("result", task_id, packed))
 
     # ---- lifecycle ------------------------------------------------------------------------
-    def request_stop(self, *_: Any) -> None:
-        self._stop.set()
-        self._events.put(("wake",))
-
-    def install_signal_handlers(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
-            signal.signal(sig, self.request_stop)
-
     def run(self) -> None:
         set_title(self.title)
         self.engine.start(

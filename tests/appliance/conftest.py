@@ -26,6 +26,8 @@ from typing import Any
 
 import pytest
 
+from webservice.server import port_is_free
+
 ROOT = Path(__file__).resolve().parents[2]
 SESSION = uuid.uuid4().hex[:6]
 PREFIX = f"ccea-{SESSION}"
@@ -65,15 +67,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def wait_for(what: str, cond: Any, timeout: float, every: float = 1.0) -> Any:
