@@ -16,6 +16,7 @@ import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
@@ -253,6 +254,7 @@ def _run_endpoint(run: _Run, reg: service.Registration) -> None:
         ep_dir=loaded.ep_dir,
         work_dir=cfg.paths.endpoint_dir,
         engine=run.engine,
+        engine_factory=partial(build_engine, cfg.engine.engine_spec()),
         tasks=QueueInfo.from_service(reg.task_queue_info, port),
         results=QueueInfo.from_service(reg.result_queue_info, port),
         heartbeats=QueueInfo.from_service(reg.heartbeat_queue_info, port),

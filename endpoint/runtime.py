@@ -13,6 +13,7 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 from endpoint.amqp import AmqpSession, Outgoing, with_port
 from endpoint.engines.base import Engine
 from endpoint.idle import IdleTracker
-from endpoint.interchange import Delivery, Interchange, Plan
+from endpoint.interchange import DEFAULT_MAX_TASK_SIZE, Delivery, Interchange, Plan
 from endpoint.journal import Journal
 from endpoint.lifecycle import TOUCH_EVERY_S, PidLock
 from endpoint.loop import SignalStoppable
@@ -34,6 +35,9 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 1024
 REPUBLISH_EVERY_S = 1.0
 DRAIN_TIMEOUT_S = 30.0
+# A broken engine is replaced at most this often; past it, tasks fail fast with its reason.
+MAX_ENGINE_RESTARTS = 3
+RESTART_WINDOW_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -87,11 +91,13 @@ class EndpointRuntime(SignalStoppable):
         allowed_functions: set[str] | None,
         max_retries_on_system_failure: int,
         config_text: str,
+        max_task_size: int = DEFAULT_MAX_TASK_SIZE,
         pid_lock: PidLock | None = None,
         idle_heartbeats_soft: int = 0,
         idle_heartbeats_hard: int = 5760,
         heartbeat_threshold: float | None = None,
         work_dir: Path | None = None,
+        engine_factory: Callable[[], Engine] | None = None,
         title: str = "",
     ) -> None:
         self.endpoint_id = endpoint_id
@@ -102,6 +108,9 @@ class EndpointRuntime(SignalStoppable):
         self.work_dir = work_dir or ep_dir
         self.work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.engine = engine
+        self.engine_factory = engine_factory
+        self._engine_generation = 0
+        self._engine_restarts: list[float] = []
         self.tasks_q, self.results_q, self.heartbeats_q = tasks, results, heartbeats
         self.heartbeat_period = heartbeat_period
         self.pid_lock = pid_lock
@@ -121,6 +130,7 @@ class EndpointRuntime(SignalStoppable):
             window=4,  # set from the engine once it has started (`_refresh_window`)
             allowed_functions=allowed_functions,
             max_retries_on_system_failure=max_retries_on_system_failure,
+            max_task_size=max_task_size,
         )
         self.consumer = AmqpSession(
             tasks.connection_url,
@@ -163,12 +173,49 @@ class EndpointRuntime(SignalStoppable):
     def _on_result(self, task_id: str, packed: bytes) -> None:
         self._events.put(("result", task_id, packed))
 
+    def _results_of(self, generation: int) -> Callable[[str, bytes], None]:
+        """The result callback of one engine; a replaced engine's late results are dropped."""
+
+        def deliver(task_id: str, packed: bytes) -> None:
+            if generation == self._engine_generation:
+                self._on_result(task_id, packed)
+
+        return deliver
+
+    def _start_engine(self) -> None:
+        self.engine.start(
+            endpoint_id=self.endpoint_id,
+            run_dir=self.work_dir,
+            on_result=self._results_of(self._engine_generation),
+        )
+
+    def _check_engine(self) -> None:
+        """Replace a broken engine (its interchange died, every block failed, ...)."""
+        reason = self.engine.broken()
+        if reason is None or self.engine_factory is None:
+            return
+        now = time.monotonic()
+        self._engine_restarts = [t for t in self._engine_restarts if now - t < RESTART_WINDOW_S]
+        if len(self._engine_restarts) >= MAX_ENGINE_RESTARTS:
+            return  # the broken engine answers every task with its reason, fast
+        self._engine_restarts.append(now)
+        log.error("engine failed (%s); starting a new one", reason)
+        old, self._engine_generation = self.engine, self._engine_generation + 1
+        old.shutdown(wait=False)
+        running = sorted(self.ix.running)
+        # Start the new engine first: failing the lost tasks frees window slots, and the
+        # tasks that fill them must go to an engine that can run them.
+        self.engine = self.engine_factory()
+        self._start_engine()
+        self._refresh_window()
+        message = f"the engine failed: {reason}"
+        lost = [(t, error_result(t, "EngineFailure", message, self.endpoint_id)) for t in running]
+        self._execute(self.ix.on_results(lost))
+
     # ---- lifecycle ------------------------------------------------------------------------
     def run(self) -> None:
         set_title(self.title)
-        self.engine.start(
-            endpoint_id=self.endpoint_id, run_dir=self.work_dir, on_result=self._on_result
-        )
+        self._start_engine()
         self._refresh_window()
         self._execute(self.ix.recover(self.journal.load()))
         for s in self._sessions.values():
@@ -194,6 +241,7 @@ class EndpointRuntime(SignalStoppable):
                 self.pid_lock.touch()
                 next_touch = now + TOUCH_EVERY_S
             if now >= next_republish:
+                self._check_engine()
                 self._refresh_window()
                 self._execute(self.ix.republish())
                 next_republish = now + REPUBLISH_EVERY_S
@@ -267,6 +315,8 @@ class EndpointRuntime(SignalStoppable):
             self.consumer.ack(generation, tag, multiple=True)
         if plan.publish:
             self.publisher.publish([self.results_q.outgoing(k, b) for k, b in plan.publish])
+        if plan.submit and self.engine.broken() is not None:
+            self._check_engine()  # replace it before handing it more tasks, if the budget allows
         for sub in plan.submit:
             try:
                 self.engine.submit(sub)

@@ -89,6 +89,13 @@ class Engine(ABC):
         """
         return max(4, 2 * int(self.status().get("total_workers") or 1))
 
+    def broken(self) -> str | None:
+        """Why this engine can no longer run tasks, or None while it can.
+
+        The runtime replaces a broken engine with a fresh one (within a restart budget).
+        """
+        return None
+
     @abstractmethod
     def start(self, *, endpoint_id: str, run_dir: Path, on_result: ResultCallback) -> None:
         """Get ready to run tasks; `run_dir` is the endpoint directory."""

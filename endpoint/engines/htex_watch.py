@@ -38,6 +38,7 @@ class WatcherMixin:
     scaling: dict[str, Any]
     task_batch_size: int
     _queue: list[Any]
+    _broken: str | None
     _batches: dict[int, Any]
     _outstanding: int
     _submitted: int
@@ -108,6 +109,9 @@ class WatcherMixin:
             )
 
     # ---- status ------------------------------------------------------------------------
+
+    def broken(self) -> str | None:
+        return self._broken
 
     def inflight_target(self) -> int:
         # Enough for a full batch per worker slot twice over, so a deep queue reaches the

@@ -265,3 +265,55 @@ def test_case07_task_longer_than_consumer_timeout_loses_no_channel(
     assert not outcome.failures()
     log = stack.log_text(f"endpoint:{ENDPOINT}")[log_start:]
     assert "PRECONDITION_FAILED" not in log and "reconnecting" not in log
+
+
+GCE_CONFIG = """\
+engine:
+  type: GlobusComputeEngine
+  max_workers_per_node: 2
+  address: 127.0.0.1
+  provider:
+    type: LocalProvider
+    init_blocks: 1
+    min_blocks: 1
+    max_blocks: 1
+heartbeat_period: 5
+"""
+
+
+def _descendants_matching(pid: int, needle: str) -> list[int]:
+    import psutil
+
+    return [
+        p.pid
+        for p in psutil.Process(pid).children(recursive=True)
+        if needle in " ".join(p.cmdline()) or needle in p.name()
+    ]
+
+
+def test_case05_killed_interchange_fails_its_tasks_and_the_engine_restarts(
+    stack: FaultStack,
+) -> None:
+    name = "fault-gce"
+    stack.configure_endpoint(name, GCE_CONFIG)
+    endpoint_id = stack.start_endpoint(name)
+    try:
+        _warm, group = stack.submit(endpoint_id, "work", [(0, 0.0)], group=None)
+        assert len(stack.collect(group, 1, timeout=60)) == 1  # the block is up
+        ids, _ = stack.submit(endpoint_id, "work", [(i, 0.2) for i in range(40)], group=group)
+        time.sleep(0.5)
+        victims = _descendants_matching(stack.procs[f"endpoint:{name}"].pid, "interchange")
+        assert victims, "no HTEX interchange process found"
+        os.kill(victims[0], signal.SIGKILL)
+        outcome = Outcome(set(ids), stack.collect(group, len(ids), timeout=120))
+        check("case05", outcome)
+        for failure in outcome.failures():
+            assert failure.error_details is not None
+            assert failure.error_details.get("code") in {"EngineFailure", "WorkerLost"}
+        # The endpoint replaced its engine: new tasks succeed.
+        later, _ = stack.submit(endpoint_id, "work", [(i, 0.0) for i in range(5)], group=group)
+        after = Outcome(set(later), stack.collect(group, len(later), timeout=120))
+        check("case05-after", after)
+        assert not after.failures(), [r.data for r in after.failures()][:1]
+    finally:
+        stack.stop_endpoint(name)
