@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 
 #: How many confirmed task ids we remember to recognise a late redelivery of a finished task.
 RECENTLY_DONE = 100_000
+#: The largest task body we journal and run, like the worker's limit on results. A bigger one
+#: gets a TaskTooLarge result instead of being stored and unpacked.
+DEFAULT_MAX_TASK_SIZE = 10 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -68,8 +71,10 @@ class Interchange:
         window: int,
         allowed_functions: set[str] | None = None,
         max_retries_on_system_failure: int = 0,
+        max_task_size: int = DEFAULT_MAX_TASK_SIZE,
     ) -> None:
         self.endpoint_id = endpoint_id
+        self.max_task_size = max_task_size
         self.window = max(1, window)
         self.allowed_functions = allowed_functions
         self.max_retries = max_retries_on_system_failure
@@ -141,14 +146,26 @@ class Interchange:
             log.info("task %s redelivered; it is already journaled or done", task_id)
             return
         self.counters["received"] += 1
-        task = JournaledTask(task_id, function_id, d.body, [], None)
-        failure = self._validate(task, d.headers)
+        too_large = len(d.body) > self.max_task_size
+        # An oversized body is not journaled: the error result is all we keep of it.
+        task = JournaledTask(task_id, function_id, b"" if too_large else d.body, [], None)
+        failure = self._too_large(task_id, len(d.body)) if too_large else None
+        failure = failure or self._validate(task, d.headers)
         plan.add_tasks.append(task)
         self.tasks[task_id] = task
         if failure is not None:
             self._finish(task_id, failure, plan)
         else:
             self.pending.append(task_id)
+
+    def _too_large(self, task_id: str, size: int) -> bytes:
+        return error_result(
+            task_id,
+            "TaskTooLarge",
+            f"the task is {size} bytes, more than this endpoint's limit of"
+            f" {self.max_task_size} bytes; pass large data by reference (a file or URL)",
+            self.endpoint_id,
+        )
 
     def _validate(self, task: JournaledTask, headers: dict[str, Any]) -> bytes | None:
         """Fill the task from its headers; return an error Result when it cannot run."""

@@ -173,6 +173,8 @@ def unpack(raw: bytes) -> Message:
         doc = json.loads(raw[1:])
     except (UnicodeDecodeError, ValueError) as e:
         raise ProtocolError(f"message body is not JSON: {e}") from e
+    except RecursionError as e:  # a hostile producer's "[[[[...": refuse, do not crash
+        raise ProtocolError("message body is JSON nested too deeply to decode") from e
     if not isinstance(doc, dict) or not isinstance(doc.get("data"), dict):
         raise ProtocolError("message is not an object with a 'data' object")
     kind = doc.get("message_type")

@@ -176,3 +176,21 @@ def test_stopped_interchange_does_not_ack_new_deliveries() -> None:
     ix.stop_accepting()
     plan = ix.on_deliveries([delivery(1)])
     assert plan.acks == [] and plan.add_tasks == []
+
+
+def test_a_task_over_the_size_limit_gets_an_error_and_is_not_journaled_or_run() -> None:
+    from endpoint.interchange import DEFAULT_MAX_TASK_SIZE
+
+    assert Interchange(EP, window=1).max_task_size == DEFAULT_MAX_TASK_SIZE == 10 * 1024 * 1024
+    ix = connected(window=2, max_task_size=10)
+    big = Delivery(1, 1, delivery(1).headers, b"x" * 11)
+    plan = ix.on_deliveries([big, delivery(2)])
+    tid = str(big.headers["task_uuid"])
+    assert plan.acks == [(1, 1), (1, 2)]
+    assert [t.body for t in plan.add_tasks] == [b"", b"body"]  # the oversized body is dropped
+    assert [s.task_id for s in plan.submit] != [tid] and len(plan.submit) == 1
+    (published,) = [p for t, p in plan.publish if t == tid]
+    result = unpack(published)
+    assert isinstance(result, Result) and result.error_details is not None
+    assert result.error_details["code"] == "TaskTooLarge"
+    assert "11 bytes, more than this endpoint's limit of 10 bytes" in result.data
