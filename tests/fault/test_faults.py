@@ -6,6 +6,7 @@ any loss, duplicate or unexpected result. `FAULT_SEED=n` replays one seed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -314,6 +315,53 @@ def test_case05_killed_interchange_fails_its_tasks_and_the_engine_restarts(
         later, _ = stack.submit(endpoint_id, "work", [(i, 0.0) for i in range(5)], group=group)
         after = Outcome(set(later), stack.collect(group, len(later), timeout=120))
         check("case05-after", after)
+        assert not after.failures(), [r.data for r in after.failures()][:1]
+    finally:
+        stack.stop_endpoint(name)
+
+
+def _block_processes(ep_dir: str) -> list[int]:
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if "process_worker_pool" in cmdline and ep_dir in cmdline:
+            found.append(proc.pid)
+    return found
+
+
+def test_case06_block_killed_while_tasks_run_gives_results_not_silence(
+    stack: FaultStack,
+) -> None:
+    # Like a batch job hitting its walltime: the whole worker pool of the block dies at once.
+    name = "fault-gce-block"
+    fast_detection = "  heartbeat_period: 1\n  heartbeat_threshold: 4\n"
+    stack.configure_endpoint(
+        name,
+        GCE_CONFIG.replace("  address: 127.0.0.1\n", "  address: 127.0.0.1\n" + fast_detection),
+    )
+    endpoint_id = stack.start_endpoint(name)
+    try:
+        _warm, group = stack.submit(endpoint_id, "work", [(0, 0.0)], group=None)
+        assert len(stack.collect(group, 1, timeout=60)) == 1  # the block is up
+        ids, _ = stack.submit(endpoint_id, "work", [(i, 0.5) for i in range(20)], group=group)
+        time.sleep(0.8)
+        # LocalProvider detaches its blocks from the endpoint's process tree: find this
+        # endpoint's worker pools by their log dir, which lies in its endpoint directory.
+        pools = _block_processes(str(stack.root / "user" / name))
+        assert pools, "no worker pool process found"
+        for pid in pools:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        outcome = Outcome(set(ids), stack.collect(group, len(ids), timeout=120))
+        check("case06", outcome)
+        for failure in outcome.failures():
+            assert failure.error_details is not None
+            assert failure.error_details.get("code") in {"EngineFailure", "WorkerLost"}
+        later, _ = stack.submit(endpoint_id, "work", [(i, 0.0) for i in range(5)], group=group)
+        after = Outcome(set(later), stack.collect(group, len(later), timeout=120))
+        check("case06-after", after)
         assert not after.failures(), [r.data for r in after.failures()][:1]
     finally:
         stack.stop_endpoint(name)
