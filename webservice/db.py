@@ -7,6 +7,7 @@ synchronous block with no `await` inside, so coroutines can never interleave the
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -130,12 +131,22 @@ def marks(n: int) -> str:
     return ",".join("?" * n)
 
 
+def _create_private(path: Path) -> None:
+    """Create the database file 0600 (it holds token and secret hashes) before SQLite opens it.
+
+    SQLite gives its -wal and -shm files the database file's mode, so they are private too.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    os.chmod(path, 0o600)  # also a file made before this rule, or under a loose umask
+
+
 class Database:
     """Owns the sqlite3 connection."""
 
     def __init__(self, path: str) -> None:
         if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            _create_private(Path(path))
         # Autocommit mode: transactions are explicit (`tx`), so a read never holds a lock.
         self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.conn.row_factory = sqlite3.Row

@@ -30,6 +30,11 @@ PYTHON_FILE = "config.py"
 Path_ = tuple[str, ...]
 AnyConfig = EndpointConfig | ManagerConfig
 
+#: Bounds on a document's node graph with its aliases expanded: a real config has a few
+#: hundred nodes, while a "billion laughs" file of nested aliases would take minutes to check.
+MAX_NODES = 100_000
+MAX_DEPTH = 100
+
 
 # ---- YAML and line numbers ---------------------------------------------------------------
 
@@ -65,6 +70,53 @@ def key_lines(root: yaml.Node | None) -> tuple[dict[Path_, int], list[str]]:
     return lines, duplicates
 
 
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def check_shape(root: yaml.Node, source: str) -> None:
+    """Refuse alias cycles, alias bombs and absurd nesting before anything walks the graph.
+
+    Iterative (no recursion to exhaust) and linear in the composed graph: each node's
+    expanded size is computed once.
+    """
+    sizes: dict[int, int] = {}
+    ancestors: set[int] = set()
+    stack: list[tuple[yaml.Node, int, bool]] = [(root, 1, False)]
+    while stack:
+        node, depth, leaving = stack.pop()
+        key = id(node)
+        if leaving:
+            ancestors.discard(key)
+            sizes[key] = 1 + sum(sizes[id(c)] for c in _children(node))
+            if sizes[key] > MAX_NODES:
+                raise ConfigError(
+                    f"{source}: its YAML aliases expand to more than {MAX_NODES} values"
+                    f" (from line {node.start_mark.line + 1})"
+                )
+            continue
+        if key in sizes:
+            continue
+        if depth > MAX_DEPTH:
+            raise ConfigError(
+                f"{source}: nested more than {MAX_DEPTH} levels deep at line"
+                f" {node.start_mark.line + 1}"
+            )
+        ancestors.add(key)
+        stack.append((node, depth, True))
+        for child in _children(node):
+            if id(child) in ancestors:
+                raise ConfigError(
+                    f"{source}: the YAML alias at line {child.start_mark.line + 1} refers to"
+                    " a value that contains it"
+                )
+            stack.append((child, depth + 1, False))
+
+
 def _yaml_error(err: yaml.YAMLError, source: str) -> ConfigError:
     mark = getattr(err, "problem_mark", None)
     problem = getattr(err, "problem", None) or str(err)
@@ -79,9 +131,13 @@ def parse_yaml(text: str, source: str) -> tuple[dict[str, Any], dict[Path_, int]
     """The top-level mapping of ``text`` and the line of each key in it."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
+        if root is not None:
+            check_shape(root, source)
         data: Any = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise _yaml_error(e, source) from e
+    except RecursionError as e:  # PyYAML's composer recurses once per nesting level
+        raise ConfigError(f"{source}: nested too deeply to parse") from e
     lines, duplicates = key_lines(root)
     if duplicates:
         raise ConfigError(f"{source}: invalid configuration:\n  " + "\n  ".join(duplicates))

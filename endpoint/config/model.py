@@ -198,7 +198,7 @@ class EndpointConfig(BaseConfig):
         if not isinstance(value, dict):
             fail([((), f"must be a mapping with a 'type' key (one of {valid})")])
         kind = value.get("type", DEFAULT_ENGINE_TYPE)
-        if kind not in ENGINE_MODELS:
+        if not isinstance(kind, str) or kind not in ENGINE_MODELS:
             why = retired.ENGINE_TYPES.get(str(kind))
             reason = f"{why}; " if why else ""
             fail(

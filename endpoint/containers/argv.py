@@ -39,6 +39,7 @@ from endpoint.containers.spec import (
     RUNDIR_PLACEHOLDER,
     ContainerSpec,
     LaunchContext,
+    check_image,
 )
 from endpoint.errors import ConfigError
 
@@ -111,6 +112,7 @@ def _names_user(options: Sequence[str]) -> bool:
 def _docker_argv(spec: ContainerSpec, ctx: LaunchContext, command: Sequence[str]) -> list[str]:
     if not spec.image:
         raise ConfigError(f"container_type {spec.runtime} needs container_uri (the image)")
+    image = check_image(spec.image)  # again: a spec can be built without container_spec()
     argv = [spec.program, "run", "--rm"]
     if ctx.stdio:
         # Workers answer on stdout: keep it out of the log driver (a copy of every result on
@@ -126,14 +128,15 @@ def _docker_argv(spec: ContainerSpec, ctx: LaunchContext, command: Sequence[str]
         argv += ["--label", f"{key}={value}"]
     for name in ctx.forwarded():
         argv += ["-e", name]  # the runtime copies the value from its own environment
-    return [*argv, *spec.options, spec.image, *command]
+    return [*argv, *spec.options, image, *command]
 
 
 def _apptainer_argv(spec: ContainerSpec, ctx: LaunchContext, command: Sequence[str]) -> list[str]:
     if not spec.image:
         raise ConfigError(f"container_type {spec.runtime} needs container_uri (the image)")
+    image = check_image(spec.image)
     argv = [spec.program, "exec", "--bind", _mount(ctx), "--pwd", ctx.run_dir]
-    return [*argv, *spec.options, spec.image, *command]
+    return [*argv, *spec.options, image, *command]
 
 
 def _custom_argv(spec: ContainerSpec, ctx: LaunchContext, command: Sequence[str]) -> list[str]:
