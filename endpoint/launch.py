@@ -255,6 +255,7 @@ def _run_endpoint(run: _Run, reg: service.Registration) -> None:
         work_dir=cfg.paths.endpoint_dir,
         engine=run.engine,
         engine_factory=partial(build_engine, cfg.engine.engine_spec()),
+        max_task_size=cfg.max_task_size,
         tasks=QueueInfo.from_service(reg.task_queue_info, port),
         results=QueueInfo.from_service(reg.result_queue_info, port),
         heartbeats=QueueInfo.from_service(reg.heartbeat_queue_info, port),

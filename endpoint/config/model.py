@@ -171,6 +171,8 @@ class EndpointConfig(BaseConfig):
     paths: PathsConfig = Field(default_factory=PathsConfig)
     # Unacked deliveries the broker may push to us before we journal and ack them.
     prefetch_count: int = Field(default=256, ge=1, le=65535)
+    # Ours: larger task messages get a TaskTooLarge error result instead of being run.
+    max_task_size: int = Field(default=10 * 1024 * 1024, ge=1)
 
     @property
     def mode(self) -> str:
