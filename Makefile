@@ -70,6 +70,10 @@ bench: dev peers
 fault: dev
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -q -s -ra tests/fault
 
+## soak: 50,000 tasks over 10 minutes with a broker restart and an endpoint kill; counts and RSS
+soak: dev
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m bench.soak
+
 clean:
 	rm -rf $(VENV) $(PEER_VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
 
