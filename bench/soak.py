@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 import time
+import urllib.error
 
 import psutil
 
@@ -29,6 +30,20 @@ def rss_mb(stack: FaultStack) -> float:
     root = psutil.Process(stack.procs[f"endpoint:{NAME}"].pid)
     procs = [root, *root.children(recursive=True)]
     return sum(p.memory_info().rss for p in procs if p.is_running()) / 1e6
+
+
+def submit_retrying(
+    stack: FaultStack, endpoint_id: str, group: str | None
+) -> tuple[list[str], str]:
+    """Submit one batch; while the broker is down the service answers 503: try again."""
+    for _ in range(120):
+        try:
+            return stack.submit(endpoint_id, "work", [(i, 0.0) for i in range(BATCH)], group)
+        except urllib.error.HTTPError as e:
+            if e.code != 503:
+                raise
+            time.sleep(0.5)
+    raise RuntimeError("the service kept answering 503")
 
 
 def main() -> int:
@@ -47,7 +62,7 @@ def main() -> int:
         rss: dict[str, float] = {}
         start = restarted = time.monotonic()
         for n in range(batches):
-            ids, group = stack.submit(endpoint_id, "work", [(i, 0.0) for i in range(BATCH)], group)
+            ids, group = submit_retrying(stack, endpoint_id, group)
             submitted += ids
             if n == batches // 3:
                 stack.rabbit.stop_app()
