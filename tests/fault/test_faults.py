@@ -12,7 +12,7 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -59,6 +59,13 @@ def check(case: str, outcome: Outcome) -> None:
     assert (outcome.lost, outcome.duplicated, outcome.unexpected) == (0, 0, 0), outcome.line(case)
 
 
+def assert_codes(outcome: Outcome, codes: set[str]) -> None:
+    """Every failure carries one of `codes`: a clear reason, never a vague one."""
+    for failure in outcome.failures():
+        assert failure.error_details is not None, failure.data
+        assert failure.error_details.get("code") in codes, failure.data
+
+
 def run_sleepers(stack: FaultStack, endpoint_id: str, n: int, secs: float) -> tuple[list[str], str]:
     return stack.submit(endpoint_id, "work", [(i, secs) for i in range(n)], group=None)
 
@@ -75,9 +82,7 @@ def test_case01_kill9_endpoint_mid_flight_then_restart(
     outcome = Outcome(set(ids), stack.collect(group, len(ids), timeout=90))
     check(f"case01 seed={seed}", outcome)
     # A task that was running when the endpoint died fails with the reason, never silently.
-    for failure in outcome.failures():
-        assert failure.error_details is not None
-        assert failure.error_details.get("code") == "EndpointInterrupted", failure.data
+    assert_codes(outcome, {"EndpointInterrupted"})
     done = values(outcome.results)
     assert all(done[t] == i for i, t in enumerate(ids) if t in done)
 
@@ -192,9 +197,7 @@ def test_case04_killed_worker_fails_its_task_with_the_cause(
     outcome = Outcome(set(ids), stack.collect(group, len(ids), timeout=60))
     check(f"case04 seed={seed}", outcome)
     assert time.monotonic() - started < 30
-    for failure in outcome.failures():
-        assert failure.error_details is not None
-        assert failure.error_details.get("code") == "WorkerLost", failure.data
+    assert_codes(outcome, {"WorkerLost"})
 
 
 def test_case10_two_starts_at_once_run_one_instance(stack: FaultStack) -> None:
@@ -248,9 +251,7 @@ def test_case11_disallowed_serializer_is_a_clear_error_not_a_lost_worker(
     check("case11", outcome)
     assert time.monotonic() - started < 20
     assert len(outcome.failures()) == 3
-    for failure in outcome.failures():
-        assert failure.error_details is not None
-        assert failure.error_details.get("code") == "DeserializationError", failure.data
+    assert_codes(outcome, {"DeserializationError"})
 
 
 def test_case07_task_longer_than_consumer_timeout_loses_no_channel(
@@ -292,32 +293,42 @@ def _descendants_matching(pid: int, needle: str) -> list[int]:
     ]
 
 
-def test_case05_killed_interchange_fails_its_tasks_and_the_engine_restarts(
-    stack: FaultStack,
+def engine_fault_case(
+    stack: FaultStack, case: str, config: str, secs: float, kill: Callable[[str], list[int]]
 ) -> None:
-    name = "fault-gce"
-    stack.configure_endpoint(name, GCE_CONFIG)
+    """Warm a GCE endpoint up, kill part of its engine mid-flight, check results, then check
+    that the endpoint recovered: tasks submitted afterwards succeed."""
+    name = f"fault-{case}"
+    stack.configure_endpoint(name, config)
     endpoint_id = stack.start_endpoint(name)
     try:
         _warm, group = stack.submit(endpoint_id, "work", [(0, 0.0)], group=None)
         assert len(stack.collect(group, 1, timeout=60)) == 1  # the block is up
-        ids, _ = stack.submit(endpoint_id, "work", [(i, 0.2) for i in range(40)], group=group)
-        time.sleep(0.5)
-        victims = _descendants_matching(stack.procs[f"endpoint:{name}"].pid, "interchange")
-        assert victims, "no HTEX interchange process found"
-        os.kill(victims[0], signal.SIGKILL)
+        ids, _ = stack.submit(endpoint_id, "work", [(i, secs) for i in range(20)], group=group)
+        time.sleep(0.6)
+        victims = kill(name)
+        assert victims, f"{case}: nothing to kill"
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         outcome = Outcome(set(ids), stack.collect(group, len(ids), timeout=120))
-        check("case05", outcome)
-        for failure in outcome.failures():
-            assert failure.error_details is not None
-            assert failure.error_details.get("code") in {"EngineFailure", "WorkerLost"}
-        # The endpoint replaced its engine: new tasks succeed.
+        check(case, outcome)
+        assert_codes(outcome, {"EngineFailure", "WorkerLost"})
         later, _ = stack.submit(endpoint_id, "work", [(i, 0.0) for i in range(5)], group=group)
         after = Outcome(set(later), stack.collect(group, len(later), timeout=120))
-        check("case05-after", after)
+        check(f"{case}-after", after)
         assert not after.failures(), [r.data for r in after.failures()][:1]
     finally:
         stack.stop_endpoint(name)
+
+
+def test_case05_killed_interchange_fails_its_tasks_and_the_engine_restarts(
+    stack: FaultStack,
+) -> None:
+    def interchange(name: str) -> list[int]:
+        return _descendants_matching(stack.procs[f"endpoint:{name}"].pid, "interchange")[:1]
+
+    engine_fault_case(stack, "case05", GCE_CONFIG, 0.2, interchange)
 
 
 def _block_processes(ep_dir: str) -> list[int]:
@@ -335,33 +346,12 @@ def test_case06_block_killed_while_tasks_run_gives_results_not_silence(
     stack: FaultStack,
 ) -> None:
     # Like a batch job hitting its walltime: the whole worker pool of the block dies at once.
-    name = "fault-gce-block"
     fast_detection = "  heartbeat_period: 1\n  heartbeat_threshold: 4\n"
-    stack.configure_endpoint(
-        name,
-        GCE_CONFIG.replace("  address: 127.0.0.1\n", "  address: 127.0.0.1\n" + fast_detection),
-    )
-    endpoint_id = stack.start_endpoint(name)
-    try:
-        _warm, group = stack.submit(endpoint_id, "work", [(0, 0.0)], group=None)
-        assert len(stack.collect(group, 1, timeout=60)) == 1  # the block is up
-        ids, _ = stack.submit(endpoint_id, "work", [(i, 0.5) for i in range(20)], group=group)
-        time.sleep(0.8)
+    config = GCE_CONFIG.replace("  address: 127.0.0.1\n", "  address: 127.0.0.1\n" + fast_detection)
+
+    def worker_pools(name: str) -> list[int]:
         # LocalProvider detaches its blocks from the endpoint's process tree: find this
         # endpoint's worker pools by their log dir, which lies in its endpoint directory.
-        pools = _block_processes(str(stack.root / "user" / name))
-        assert pools, "no worker pool process found"
-        for pid in pools:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        outcome = Outcome(set(ids), stack.collect(group, len(ids), timeout=120))
-        check("case06", outcome)
-        for failure in outcome.failures():
-            assert failure.error_details is not None
-            assert failure.error_details.get("code") in {"EngineFailure", "WorkerLost"}
-        later, _ = stack.submit(endpoint_id, "work", [(i, 0.0) for i in range(5)], group=group)
-        after = Outcome(set(later), stack.collect(group, len(later), timeout=120))
-        check("case06-after", after)
-        assert not after.failures(), [r.data for r in after.failures()][:1]
-    finally:
-        stack.stop_endpoint(name)
+        return _block_processes(str(stack.root / "user" / name))
+
+    engine_fault_case(stack, "case06", config, 0.5, worker_pools)
