@@ -13,11 +13,12 @@ container knows is printed; exit 1 if that is nothing useful yet (still starting
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import sys
 from pathlib import Path
 from typing import Any
+
+from appliance_paths import run_dir  # beside this script (symlinks resolved)
 
 
 def _load(path: str | Path) -> dict[str, Any]:
@@ -26,17 +27,6 @@ def _load(path: str | Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return doc if isinstance(doc, dict) else {}
-
-
-def run_dir() -> Path:
-    """Where the entrypoint left its files (its defaults, for a shell without its env)."""
-    if os.environ.get("APPLIANCE_RUN_DIR"):
-        return Path(os.environ["APPLIANCE_RUN_DIR"])
-    state = os.environ.get("APPLIANCE_STATE_DIR")
-    if not state:
-        xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-        state = str(Path(xdg) / "compute-endpoint")
-    return Path(state) / "run"
 
 
 def client_env() -> dict[str, str]:

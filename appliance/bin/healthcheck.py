@@ -14,14 +14,14 @@ Exit 0 healthy, 1 unhealthy (Docker's convention); one line per check on stdout.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
 import urllib.error
 import urllib.request
-from pathlib import Path
 from typing import Any
+
+from appliance_paths import run_dir  # beside this script (symlinks resolved)
 
 TIMEOUT_S = 5.0
 
@@ -60,17 +60,6 @@ CHECKS = {
     "webservice": [check_webservice],
     "all-in-one": [check_broker, check_webservice, check_endpoint],
 }
-
-
-def run_dir() -> Path:
-    """Where the entrypoint left its files (its defaults, for a shell without its env)."""
-    if os.environ.get("APPLIANCE_RUN_DIR"):
-        return Path(os.environ["APPLIANCE_RUN_DIR"])
-    state = os.environ.get("APPLIANCE_STATE_DIR")
-    if not state:
-        xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-        state = str(Path(xdg) / "compute-endpoint")
-    return Path(state) / "run"
 
 
 def main() -> int:
