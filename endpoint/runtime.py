@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 1024
 REPUBLISH_EVERY_S = 1.0
 DRAIN_TIMEOUT_S = 30.0
+FINAL_HEARTBEAT_WAIT_S = 3.0
 # A broken engine is replaced at most this often; past it, tasks fail fast with its reason.
 MAX_ENGINE_RESTARTS = 3
 RESTART_WINDOW_S = 600.0
@@ -119,6 +120,8 @@ class EndpointRuntime(SignalStoppable):
         self._events: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._started = time.time()
+        self._last_words = ""
+        self._last_words_confirmed = threading.Event()
         self.idle = IdleTracker(idle_heartbeats_soft, idle_heartbeats_hard)
         self.title = title or f"Globus Compute Endpoint ({endpoint_id})"
         self.stop_reason = ""
@@ -167,6 +170,8 @@ class EndpointRuntime(SignalStoppable):
         self._events.put(("delivery", Delivery(generation, tag, headers, body)))
 
     def on_confirms(self, keys: list[str], ok: bool) -> None:
+        if ok and self._last_words in keys:
+            self._last_words_confirmed.set()
         self._events.put(("confirms", keys, ok))
 
     # ---- engine callback (any thread) ----------------------------------------------------
@@ -341,6 +346,8 @@ class EndpointRuntime(SignalStoppable):
         state.update(heartbeat_period=self.heartbeat_period, active=active)
         report = EPStatusReport(endpoint_id=self.endpoint_id, global_state=state)
         key = f"heartbeat:{time.monotonic_ns()}"
+        if not active:
+            self._last_words = key
         self.hb_session.publish([self.heartbeats_q.outgoing(key, pack(report))])
         # A heartbeat queued while the broker is away proves nothing: only count sent ones.
         if self._session_up.get(self.hb_session.name):
@@ -430,8 +437,11 @@ class EndpointRuntime(SignalStoppable):
             self._step(0.2)
             if not self.ix.unconfirmed and self.ix.to_republish and self.ix.connected:
                 self._execute(self.ix.republish())
-        # The I/O thread runs queued calls in order, so this publish goes out before stop()'s close.
+        # The I/O thread runs queued calls in order, so this publish goes out before stop()'s close;
+        # waiting for the broker's confirm also covers a session that is just reconnecting.
         self._heartbeat(active=False)
+        if not self._last_words_confirmed.wait(FINAL_HEARTBEAT_WAIT_S):
+            log.warning("the final heartbeat was not confirmed in %ss", FINAL_HEARTBEAT_WAIT_S)
         for s in self._sessions.values():
             s.stop()
         self._state = "stopped"
