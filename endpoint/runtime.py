@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from endpoint import faults
 from endpoint.amqp import AmqpSession, Outgoing, with_port
 from endpoint.engines.base import Engine
 from endpoint.idle import IdleTracker
@@ -121,6 +122,7 @@ class EndpointRuntime(SignalStoppable):
         self._stop = threading.Event()
         self._started = time.time()
         self._last_words = ""
+        self._fault = faults.from_env()  # a no-op outside the fault suite (endpoint/faults.py)
         self._last_words_confirmed = threading.Event()
         self.idle = IdleTracker(idle_heartbeats_soft, idle_heartbeats_hard)
         self.title = title or f"Globus Compute Endpoint ({endpoint_id})"
@@ -303,6 +305,8 @@ class EndpointRuntime(SignalStoppable):
         return plan
 
     def _execute(self, plan: Plan) -> None:
+        if plan.add_tasks:
+            self._fault("delivered")
         if plan.journal_writes:
             started = set(plan.started)
             added = {t.task_id for t in plan.add_tasks}
@@ -311,6 +315,10 @@ class EndpointRuntime(SignalStoppable):
                 b.mark_started(started - added)
                 b.set_results(plan.results)
                 b.forget(plan.forget)
+            if plan.add_tasks:
+                self._fault("journaled")
+            if plan.results:
+                self._fault("result-journaled")
         for generation, tag in plan.rejects:
             self.consumer.reject(generation, tag)
         latest: dict[int, int] = {}
@@ -318,8 +326,11 @@ class EndpointRuntime(SignalStoppable):
             latest[generation] = max(tag, latest.get(generation, 0))
         for generation, tag in latest.items():
             self.consumer.ack(generation, tag, multiple=True)
+        if latest:
+            self._fault("acked")
         if plan.publish:
             self.publisher.publish([self.results_q.outgoing(k, b) for k, b in plan.publish])
+            self._fault("published")
         if plan.submit and self.engine.broken() is not None:
             self._check_engine()  # replace it before handing it more tasks, if the budget allows
         for sub in plan.submit:

@@ -98,14 +98,16 @@ class Stack:
         (ep_dir / "config.yaml").write_text(config_yaml)
         return ep_dir
 
-    def start_endpoint(self, name: str, timeout: float = 60) -> str:
+    def start_endpoint(
+        self, name: str, timeout: float = 60, extra_env: dict[str, str] | None = None
+    ) -> str:
         ep_dir = self.root / "user" / name
         ep_json = ep_dir / "endpoint.json"
         before = ep_json.stat().st_mtime if ep_json.exists() else 0.0
         self._spawn(
             f"endpoint:{name}",
             [_bin("compute-endpoint"), "start", name],
-            env=self.client_env(self.root / "user"),
+            env={**self.client_env(self.root / "user"), **(extra_env or {})},
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
