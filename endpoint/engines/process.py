@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import selectors
-import signal
 import socket
 import subprocess
 import threading
@@ -95,17 +94,6 @@ def _pidfd_open(pid: int) -> int | None:
         return os.pidfd_open(pid)
     except (AttributeError, OSError):
         return None
-
-
-def _describe_exit(returncode: int | None) -> str:
-    if returncode is None:
-        return "stopped responding"
-    if returncode < 0:
-        try:
-            return f"was killed by {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"was killed by signal {-returncode}"
-    return f"exited with code {returncode}"
 
 
 def default_process_workers() -> int:
@@ -443,28 +431,34 @@ class ProcessPoolEngine(PoolEngine):
         self._receive_leftovers(worker)
         self._close(worker)
         returncode = self._wait(worker)
-        reason = f"worker process {worker.proc.pid} {_describe_exit(returncode)}"
+        how = self._launcher.describe_exit(returncode)
+        reason = f"worker process {worker.proc.pid} {how}"
         if not worker.ready:
             log.warning("%s: %s before it was ready", self.label, reason)
         elif worker.jobs or returncode != 0:
             log.warning("%s: %s", self.label, reason)
         with self._lock:
             self._workers.remove(worker)
-            lost = self._requeue(worker, reason)
+            lost = self._requeue(worker, how)
         for job in lost:
             self._fail(job, CODE_WORKER_LOST, self._lost_message(job))
         if not worker.ready:
             self._startup_failed(reason)
         # The next dispatcher pass (_top_up) starts its replacement.
 
-    def _requeue(self, worker: _Worker, reason: str) -> list[_Job]:
-        """Put the dead worker's jobs back in the queue (lock held); return those that failed."""
+    def _requeue(self, worker: _Worker, how: str) -> list[_Job]:
+        """Put the dead worker's jobs back in the queue (lock held); return those that failed.
+
+        ``how`` is how it ended (`LocalLauncher.describe_exit`), which goes into the attempt.
+        """
         if not worker.jobs:
             return []
         running, *waiting = worker.jobs
         worker.jobs.clear()
         self._queue.extendleft(reversed(waiting))  # never started: no attempt lost
-        running.attempts.append(f"{reason} while running the task")
+        running.attempts.append(
+            f"worker process {worker.proc.pid} died while running the task: it {how}"
+        )
         if len(running.attempts) > self.max_retries:
             return [running]
         self._queue.appendleft(running)

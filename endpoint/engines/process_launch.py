@@ -9,6 +9,12 @@ process runs and how its end of the socket pair reaches it:
     ``docker run -i ... IMAGE python3 -m endpoint.containers.worker``: the runtime's CLI gets
     the socket as its stdin and stdout and relays them to the worker (podman hands the
     socket straight in). The worker's hello carries its versions, which are checked here.
+
+Each launcher also says what a worker's exit status means (`LocalLauncher.describe_exit`):
+a local worker's SIGKILL is a negative return code, a container's is the runtime CLI's
+``128 + 9``. Either may be the out-of-memory killer (the kernel's, or the container's memory
+limit), and the message says so; by the time the CLI exits, ``--rm`` has removed the
+container, so its ``OOMKilled`` flag can no longer be read.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -33,6 +40,10 @@ log = logging.getLogger(__name__)
 
 #: The interpreter in a worker image (its venv's ``bin`` comes first on PATH).
 CONTAINER_PYTHON = "python3"
+#: What a SIGKILL nobody asked for most often is, and what to do about it.
+OOM_HINT = "possibly by the out-of-memory killer"
+_LOCAL_OOM = "(the task may have run out of memory)"
+_CONTAINER_OOM = "(the task may have run out of memory: check the container's memory limit)"
 
 
 class LocalLauncher:
@@ -61,6 +72,14 @@ class LocalLauncher:
     def check_hello(self, hello: bytes) -> str | None:
         """Why a worker whose hello is ``hello`` cannot serve this endpoint, or None."""
         return None
+
+    def describe_exit(self, returncode: int | None) -> str:
+        """How a worker ended, for "worker process PID ...": its code, signal, likely cause."""
+        if returncode is None:
+            return "stopped responding"
+        if returncode < 0:
+            return f"was {killed_by(-returncode, _LOCAL_OOM)}"
+        return f"exited with code {returncode}"
 
     def startup_hint(self) -> str:
         """What to look at when workers keep dying before their hello."""
@@ -105,6 +124,15 @@ class ContainerLauncher(LocalLauncher):
             theirs = hello[:200]
         return mismatch(local_versions(), theirs, PROCESS_KEYS, self.spec.describe())
 
+    def describe_exit(self, returncode: int | None) -> str:
+        # The runtime's CLI reports the container's process killed by signal N as 128 + N
+        # (docker, podman; apptainer and shells pass the same convention on).
+        text = super().describe_exit(returncode)
+        if returncode is not None and _is_signal(returncode - 128):
+            how = killed_by(returncode - 128, _CONTAINER_OOM)
+            text += f": the process in its container was {how}"
+        return text
+
     def startup_hint(self) -> str:
         return (
             f" (in {self.spec.describe()}: the image needs {CONTAINER_PYTHON} on PATH with"
@@ -119,6 +147,25 @@ class ContainerLauncher(LocalLauncher):
             client_for(self.spec).remove_labelled(POOL_LABEL, self._pool_id)
         except Exception as e:  # best effort: --rm removes them anyway when they exit
             log.debug("cleanup of %s containers failed: %s", self._pool_id, e)
+
+
+def killed_by(signum: int, oom_detail: str = "") -> str:
+    """``killed by SIGKILL (signal 9), possibly by the out-of-memory killer OOM_DETAIL``."""
+    if _is_signal(signum):
+        text = f"killed by {signal.Signals(signum).name} (signal {signum})"
+    else:
+        text = f"killed by signal {signum}"
+    if signum != signal.SIGKILL:
+        return text
+    return f"{text}, {OOM_HINT} {oom_detail}".rstrip()
+
+
+def _is_signal(signum: int) -> bool:
+    try:
+        signal.Signals(signum)
+    except ValueError:
+        return False
+    return True
 
 
 def _max_tasks(max_tasks: int | None) -> list[str]:

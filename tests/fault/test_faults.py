@@ -134,18 +134,23 @@ def test_case01_kill9_at_each_step_of_the_task_path(
     assert all(done[t] == i % 15 for i, t in enumerate(ids) if t in done)
 
 
-@pytest.mark.parametrize("seed", seeds(RUNS))
+#: Broker outages of 10 s (several seeds) and one of 60 s: longer than every reconnect backoff
+#: step, so the endpoint must keep trying rather than give up.
+OUTAGES = [(10.0, seed) for seed in seeds(RUNS)] + [(60.0, seeds(1)[0])]
+
+
+@pytest.mark.parametrize(("outage_s", "seed"), OUTAGES)
 def test_case02_broker_outage_is_survived_without_help(
-    stack: FaultStack, endpoint_id: str, seed: int
+    stack: FaultStack, endpoint_id: str, outage_s: float, seed: int
 ) -> None:
     rng = random.Random(seed)
     ids, group = run_sleepers(stack, endpoint_id, 80, 0.05)
     time.sleep(rng.uniform(0.0, 1.0))
     stack.rabbit.stop_app()
-    time.sleep(float(os.environ.get("FAULT_OUTAGE_S", "10")))
+    time.sleep(outage_s)
     stack.rabbit.start_app()
-    outcome = Outcome(set(ids), stack.collect(group, len(ids), timeout=120))
-    check(f"case02 seed={seed}", outcome)
+    outcome = Outcome(set(ids), stack.collect(group, len(ids), timeout=120 + outage_s))
+    check(f"case02 outage={outage_s:.0f}s seed={seed}", outcome)
     assert not outcome.failures()
 
 

@@ -312,8 +312,13 @@ def test_worker_killed_mid_task(start: Any, results: Results, fn: Any) -> None:
     (failure,) = results.wait(doomed.task_id)
     assert failure.error_details is not None
     assert failure.error_details["code"] == "WorkerLost"
-    reason = "killed by SIGKILL" if fn is kill_own_worker else "exited with code 7"
-    assert reason in failure.data and "attempt 1" in failure.data
+    reason = (
+        "killed by SIGKILL (signal 9), possibly by the out-of-memory killer"
+        if fn is kill_own_worker
+        else "exited with code 7"
+    )
+    assert "attempt 1: worker process " in failure.data
+    assert "died while running the task: it" in failure.data and reason in failure.data
     assert [ok(r) for r in results.wait(*(s.task_id for s in others))] == [0.01] * 10
     # The engine keeps working, with its full complement of workers.
     after = [submission(add, i) for i in range(4)]
@@ -322,6 +327,31 @@ def test_worker_killed_mid_task(start: Any, results: Results, fn: Any) -> None:
     assert [ok(r) for r in results.wait(*(s.task_id for s in after))] == [2, 3, 4, 5]
     wait_until(lambda: engine.status()["idle_workers"] == 2)
     assert not results.duplicates
+
+
+OOM = "killed by SIGKILL (signal 9), possibly by the out-of-memory killer"
+
+
+@pytest.mark.parametrize(
+    ("container", "returncode", "expected"),
+    [
+        (False, -9, f"was {OOM} (the task may have run out of memory)"),
+        (False, -15, "was killed by SIGTERM (signal 15)"),
+        (False, 7, "exited with code 7"),
+        (True, 137, f"exited with code 137: the process in its container was {OOM}"),
+        (True, 143, "exited with code 143: the process in its container was killed by SIGTERM"),
+        (True, 125, "exited with code 125"),
+        (True, -9, f"was {OOM}"),
+    ],
+)
+def test_a_worker_exit_names_its_cause(container: bool, returncode: int, expected: str) -> None:
+    from endpoint.containers.spec import ContainerSpec
+    from endpoint.engines.process_launch import ContainerLauncher, LocalLauncher
+
+    launcher = ContainerLauncher(ContainerSpec("docker", "img")) if container else LocalLauncher()
+    text = launcher.describe_exit(returncode)
+    assert text.startswith(expected)
+    assert ("out-of-memory" in text) == ("SIGKILL" in text)
 
 
 def test_retries_until_exhausted(start: Any, results: Results) -> None:
