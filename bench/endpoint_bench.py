@@ -27,7 +27,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import echo_endpoint  # type: ignore[import-not-found]  # bench/ is on sys.path as a script
+import echo_endpoint  # type: ignore[import-not-found,unused-ignore]  # bench/ is on sys.path as a script
 import psutil
 
 from webservice.stack import Stack

@@ -17,7 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from webservice.broker import PrivateRabbit
 
@@ -253,7 +253,7 @@ class Stack:
             self._terminate(name)
         self.rabbit.stop()
 
-    def __enter__(self) -> Stack:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
