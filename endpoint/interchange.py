@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import OrderedDict, deque
+import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,8 +22,10 @@ from endpoint.protocol.results import error_result
 
 log = logging.getLogger(__name__)
 
-#: How many confirmed task ids we remember to recognise a late redelivery of a finished task.
-RECENTLY_DONE = 100_000
+#: At least how many confirmed task ids we remember, to recognise a late redelivery of a
+#: finished task (the runtime raises it to twice the prefetch count: every delivery that can be
+#: unacked when a connection drops, and so come back after the task finished).
+RECENTLY_DONE = 8192
 #: The largest task body we journal and run, like the worker's limit on results. A bigger one
 #: gets a TaskTooLarge result instead of being stored and unpacked.
 DEFAULT_MAX_TASK_SIZE = 10 * 1024 * 1024
@@ -63,6 +66,41 @@ def _header_str(headers: dict[str, Any], key: str) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+class RecentIds:
+    """The last `keep` to `2 * keep` ids added, in two generations of plain sets.
+
+    A finished task's id is kept only to recognise its late redelivery. An OrderedDict of id
+    strings cost ~185 bytes per id, and a long-running endpoint filled all of it; this keeps
+    UUIDs as 16 bytes in sets that are dropped whole, so memory is bounded and small.
+    """
+
+    def __init__(self, keep: int) -> None:
+        self.keep = max(1, keep)
+        self._current: set[bytes | str] = set()
+        self._previous: set[bytes | str] = set()
+
+    @staticmethod
+    def _key(task_id: str) -> bytes | str:
+        try:
+            return uuid.UUID(task_id).bytes
+        except ValueError:
+            return task_id  # not a UUID: the service never sends one, but keep it exact
+
+    def add(self, task_id: str) -> None:
+        if len(self._current) >= self.keep:
+            self._previous, self._current = self._current, set()
+        self._current.add(self._key(task_id))
+
+    def __contains__(self, task_id: object) -> bool:
+        if not isinstance(task_id, str):
+            return False
+        key = self._key(task_id)
+        return key in self._current or key in self._previous
+
+    def __len__(self) -> int:
+        return len(self._current) + len(self._previous)
+
+
 class Interchange:
     def __init__(
         self,
@@ -72,6 +110,7 @@ class Interchange:
         allowed_functions: set[str] | None = None,
         max_retries_on_system_failure: int = 0,
         max_task_size: int = DEFAULT_MAX_TASK_SIZE,
+        remember_done: int = RECENTLY_DONE,
     ) -> None:
         self.endpoint_id = endpoint_id
         self.max_task_size = max_task_size
@@ -85,7 +124,7 @@ class Interchange:
         self.to_republish: set[str] = set()
         self.connected = False
         self.accepting = True
-        self._done: OrderedDict[str, None] = OrderedDict()
+        self._done = RecentIds(remember_done)
         self.counters = {"received": 0, "completed": 0, "rejected": 0, "duplicates": 0}
 
     # ---- recovery ---------------------------------------------------------------------
@@ -293,9 +332,7 @@ class Interchange:
             )
 
     def _remember_done(self, task_id: str) -> None:
-        self._done[task_id] = None
-        if len(self._done) > RECENTLY_DONE:
-            self._done.popitem(last=False)
+        self._done.add(task_id)
 
     @property
     def idle(self) -> bool:

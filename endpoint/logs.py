@@ -61,6 +61,10 @@ def configure(
     logging.getLogger(_OURS).setLevel(level)
     for name in _QUIET:
         logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.WARNING)
+    # Each failed reconnect makes pika's adapters log ~10 ERROR lines with tracebacks (a reset
+    # during the handshake even reads "incompatible protocol versions"); our AMQP session logs
+    # the one-line reason and its retry plan instead. `--debug` still shows them.
+    logging.getLogger("pika.adapters").setLevel(logging.DEBUG if debug else logging.CRITICAL)
     if log_file is not None:
         handler = _file_handler(log_file)
         handler.setFormatter(logging.Formatter(FILE_FORMAT))

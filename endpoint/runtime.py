@@ -23,7 +23,13 @@ from endpoint import faults
 from endpoint.amqp import AmqpSession, Outgoing, with_port
 from endpoint.engines.base import Engine
 from endpoint.idle import IdleTracker
-from endpoint.interchange import DEFAULT_MAX_TASK_SIZE, Delivery, Interchange, Plan
+from endpoint.interchange import (
+    DEFAULT_MAX_TASK_SIZE,
+    RECENTLY_DONE,
+    Delivery,
+    Interchange,
+    Plan,
+)
 from endpoint.journal import Journal
 from endpoint.lifecycle import TOUCH_EVERY_S, PidLock
 from endpoint.loop import SignalStoppable
@@ -136,6 +142,7 @@ class EndpointRuntime(SignalStoppable):
             allowed_functions=allowed_functions,
             max_retries_on_system_failure=max_retries_on_system_failure,
             max_task_size=max_task_size,
+            remember_done=max(RECENTLY_DONE, 2 * prefetch_count),
         )
         self.consumer = AmqpSession(
             tasks.connection_url,

@@ -160,8 +160,10 @@ class EndpointConfig(BaseConfig):
     """A user endpoint: it runs tasks with ``engine`` (features.md §2.3)."""
 
     engine: AnyEngine
-    # Upstream stores and ignores this. Ours: how long the broker may stay silent (no AMQP
-    # heartbeat) or block our publishes before the connection is dropped and re-opened.
+    # Upstream stores and ignores this. Ours: the AMQP heartbeat timeout negotiated with the
+    # broker, and how long it may block our publishes, before the connection is dropped and
+    # re-opened. pika checks for silence every threshold + 5 s and needs one whole silent check,
+    # so a dead link is noticed 1.5-3x this late (about 29 s at 10; measured by the fault suite).
     # At least twice heartbeat_period, as upstream clamps it.
     heartbeat_threshold: float = Field(default=120.0, gt=0)
     idle_heartbeats_soft: int = Field(default=0, ge=0)

@@ -23,6 +23,7 @@ import pika
 
 from endpoint.protocol.messages import Result, unpack_as
 from endpoint.protocol.serialize import deserialize, pack_buffers, serialize
+from tests.fault.proxy import BrokerProxy
 from webservice.broker import free_port
 from webservice.settings import DEFAULT_QUEUE_PREFIX
 from webservice.stack import Stack
@@ -84,11 +85,31 @@ class Outcome:
         )
 
 
-class FaultStack(Stack):
-    """A stack on a free port, with task submission and result collection for the checker."""
+#: Every count line printed in this session, for the summary at the end of the run (conftest).
+COUNT_LINES: list[str] = []
 
-    def __init__(self, consumer_timeout_ms: int = CONSUMER_TIMEOUT_MS) -> None:
+
+def report(case: str, outcome: Outcome) -> str:
+    """Print a case's count line and keep it for the end-of-run summary."""
+    line = outcome.line(case)
+    print(line)
+    COUNT_LINES.append(line)
+    return line
+
+
+class FaultStack(Stack):
+    """A stack on a free port, with task submission and result collection for the checker.
+
+    With `proxied`, endpoints reach the broker only through a loopback `BrokerProxy` (the web
+    service hands them its URL) while the web service and the checker talk to the broker
+    directly: the proxy's faults cut the endpoint's network alone.
+    """
+
+    def __init__(
+        self, consumer_timeout_ms: int = CONSUMER_TIMEOUT_MS, proxied: bool = False
+    ) -> None:
         super().__init__(port=free_port())
+        self.proxy = BrokerProxy(self.rabbit.port) if proxied else None
         # Case 7: a broker that drops consumers holding an unacked delivery for more than ten
         # seconds. Every case runs under it, so none may rely on holding deliveries.
         conf = self.rabbit.state_dir / "rabbitmq.conf"
@@ -101,6 +122,18 @@ class FaultStack(Stack):
         )
         self._token = ""
         self._functions: dict[str, str] = {}
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        if name == "webservice" and self.proxy is not None:
+            argv = [*argv, "--public-amqp-url", self.proxy.url_for(self.rabbit.url)]
+        super()._spawn(name, argv, env)
+
+    def close(self) -> None:
+        try:
+            super().close()  # endpoints stop first, through the proxy
+        finally:
+            if self.proxy is not None:
+                self.proxy.close()
 
     def api(self, method: str, path: str, body: Any = None) -> Any:
         if not self._token:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.fault.harness import FaultStack, Outcome, seeds, values
+from tests.fault.harness import FaultStack, Outcome, report, seeds, values
 
 pytestmark = pytest.mark.fault
 
@@ -56,8 +56,8 @@ def kill9(stack: FaultStack) -> None:
 
 
 def check(case: str, outcome: Outcome) -> None:
-    print(outcome.line(case))
-    assert (outcome.lost, outcome.duplicated, outcome.unexpected) == (0, 0, 0), outcome.line(case)
+    line = report(case, outcome)
+    assert (outcome.lost, outcome.duplicated, outcome.unexpected) == (0, 0, 0), line
 
 
 def assert_codes(outcome: Outcome, codes: set[str]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 
-from endpoint.interchange import Delivery, Interchange
+from endpoint.interchange import Delivery, Interchange, RecentIds
 from endpoint.journal import JournaledTask
 from endpoint.protocol.messages import Result, unpack
 
@@ -95,6 +95,36 @@ def test_redelivery_after_confirmation_is_not_rerun() -> None:
     ix.on_confirms([tid], True)
     plan = ix.on_deliveries([Delivery(2, 5, d.headers, d.body)])
     assert plan.submit == [] and plan.acks == [(2, 5)]
+
+
+def test_recent_ids_keep_between_keep_and_twice_keep_of_the_latest() -> None:
+    recent = RecentIds(keep=3)
+    ids = [str(uuid.uuid4()) for _ in range(7)]
+    for tid in ids:
+        recent.add(tid)
+    # Generations of 3: {0,1,2} was dropped when {3,4,5} filled up and 6 started a new one.
+    assert [tid in recent for tid in ids] == [False] * 3 + [True] * 4
+    assert len(recent) == 4
+    recent.add("not-a-uuid")
+    assert "not-a-uuid" in recent and ids[6].upper() in recent  # one UUID, any spelling
+    assert 42 not in recent
+
+
+def test_a_redelivery_within_the_remembered_window_is_not_rerun() -> None:
+    ix = connected(remember_done=2)
+    first = delivery(1)
+    ix.on_deliveries([first])
+    tid = str(first.headers["task_uuid"])
+    ix.on_results([(tid, b"r")])
+    ix.on_confirms([tid], True)
+    for tag in range(2, 4):  # two more finish: the first is still within keep..2*keep
+        d = delivery(tag)
+        other = str(d.headers["task_uuid"])
+        ix.on_deliveries([d])
+        ix.on_results([(other, b"r")])
+        ix.on_confirms([other], True)
+    plan = ix.on_deliveries([Delivery(2, 9, first.headers, first.body)])
+    assert plan.submit == [] and plan.add_tasks == []
 
 
 def test_disallowed_function_gets_a_failure_result_without_running() -> None:

@@ -1,0 +1,26 @@
+"""The fault suite's summary: every case's exactly-once counts in one table at the end.
+
+`FAULT_REPORT=path` also writes the lines to a file, so a release can keep its counts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.fault.harness import COUNT_LINES
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not COUNT_LINES:
+        return
+    terminalreporter.section("fault cases: exactly-once counts")
+    for line in COUNT_LINES:
+        terminalreporter.write_line(line)
+    bad = [line for line in COUNT_LINES if not line.endswith("lost=0 duplicated=0 unexpected=0")]
+    terminalreporter.write_line(f"{len(COUNT_LINES)} runs, {len(bad)} with loss or duplicates")
+    target = os.environ.get("FAULT_REPORT")
+    if target:
+        Path(target).write_text("\n".join(COUNT_LINES) + "\n")
