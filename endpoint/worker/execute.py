@@ -62,6 +62,7 @@ from endpoint.protocol.serialize import (
     serialize_result,
     unpack_task_buffer,
 )
+from endpoint.worker.taskenv import EnvSlot
 
 log = logging.getLogger(__name__)
 
@@ -173,17 +174,20 @@ _state_lock = threading.Lock()
 _active_tasks = 0
 _saved_cwd: str | None = None
 _saved_env: dict[Any, Any] = {}
+# Set for every task with a new value: through slots, not os.environ, which leaks in glibc.
+_TASK_ID_SLOT = EnvSlot(ENV_TASK_ID)
+_SANDBOX_SLOT = EnvSlot(ENV_SANDBOX)
 
 
 @contextmanager
 def _task_environment(task_id: str, options: WorkerOptions) -> Iterator[None]:
     _enter_task()
     try:
-        os.environ[ENV_TASK_ID] = task_id
+        _TASK_ID_SLOT.set(task_id)
         os.environ.pop(ENV_SANDBOX, None)
         task_dir = _prepare_task_dir(task_id, options)
         if options.run_in_sandbox:
-            os.environ[ENV_SANDBOX] = str(task_dir)
+            _SANDBOX_SLOT.set(str(task_dir))
         yield
     finally:
         _leave_task()

@@ -107,7 +107,11 @@ def test_a_mapped_identity_runs_as_its_local_user(
     launcher: str,
 ) -> None:
     if launcher == "exec" and not can_exec_python(mapped_user):
-        pytest.skip(f"{mapped_user.name} cannot run {sys.executable} (a private directory?)")
+        # Not a skip: the exec launcher would go untested. .ci/run opens /root for traversal.
+        pytest.fail(
+            f"{mapped_user.name} cannot run {sys.executable}: a directory above it is private"
+            " (pyenv under /root: `chmod o+x /root`, as .ci/run does)"
+        )
     mapping = tmp_path / "mapping.json"
     rules = [{"source": "{id}", "match": OWNER, "output": mapped_user.name}]
     mapping.write_text(json.dumps([{"DATA_TYPE": EXPRESSION, "mappings": rules}]))
