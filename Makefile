@@ -6,7 +6,7 @@ PEER_VENV := .peer-venv
 BIN := $(VENV)/bin
 PEER_VERSION := 4.19.0
 
-.PHONY: dev peers demo test test-unit test-integration test-e2e lint format typecheck check bench clean dockerd base-image fault
+.PHONY: dev peers demo test test-unit test-integration test-e2e lint format typecheck check bench clean dockerd base-image fault soak
 
 $(BIN)/compute-endpoint: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -136,10 +136,14 @@ test-appliance: dev peers images broker-image
 	PATH=$(CURDIR)/$(BIN):$$PATH BROKER_IMAGE=$(BROKER_CI_IMAGE) \
 		$(BIN)/pytest -q -ra -s tests/appliance
 
-.PHONY: bench-manager
+.PHONY: bench-manager bench-faults
 ## bench-manager: first task with a new user_endpoint_config → its result, our manager vs the official
 bench-manager: dev peers
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python bench/manager_bench.py --peer-python $(PEER_VENV)/bin/python
+
+## bench-faults: kill -9 of the task-holding process mid-flight, ours vs the official; lost counts
+bench-faults: dev peers
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m bench.fault_compare --peer-python $(PEER_VENV)/bin/python
 
 ## bench-routing: soft routing vs random (funcX) vs Belady: 500 Zipf tasks over 12 docker images
 .PHONY: bench-routing
