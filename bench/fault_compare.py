@@ -25,6 +25,7 @@ from pathlib import Path
 import psutil
 
 from tests.fault.harness import FaultStack, Outcome
+from webservice.stack import SDK_LOCAL_PORT
 
 OURS = "cmp-ours"
 OFFICIAL = "cmp-official"
@@ -94,7 +95,7 @@ def main() -> int:
     print(f"# seed={seed}", flush=True)
     peer_bin = Path(args.peer_python).absolute().parent
     totals: dict[str, list[int]] = {}
-    with FaultStack() as stack:
+    with FaultStack(port=SDK_LOCAL_PORT) as stack:
         stack.start_service()
         stack.configure_endpoint(OURS, CONFIG)
         endpoints = {

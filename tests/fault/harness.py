@@ -106,9 +106,13 @@ class FaultStack(Stack):
     """
 
     def __init__(
-        self, consumer_timeout_ms: int = CONSUMER_TIMEOUT_MS, proxied: bool = False
+        self,
+        consumer_timeout_ms: int = CONSUMER_TIMEOUT_MS,
+        proxied: bool = False,
+        port: int | None = None,
     ) -> None:
-        super().__init__(port=free_port())
+        # A free port, unless the official tools join: their "local" environment is port 5000.
+        super().__init__(port=port or free_port())
         self.proxy = BrokerProxy(self.rabbit.port) if proxied else None
         # Case 7: a broker that drops consumers holding an unacked delivery for more than ten
         # seconds. Every case runs under it, so none may rely on holding deliveries.
