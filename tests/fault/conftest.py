@@ -19,8 +19,12 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     terminalreporter.section("fault cases: exactly-once counts")
     for line in COUNT_LINES:
         terminalreporter.write_line(line)
-    bad = [line for line in COUNT_LINES if not line.endswith("lost=0 duplicated=0 unexpected=0")]
-    terminalreporter.write_line(f"{len(COUNT_LINES)} runs, {len(bad)} with loss or duplicates")
+    bad = [line for line in COUNT_LINES if " lost=0 duplicated=0 unexpected=0 " not in line]
+    copies = sum(int(line.rsplit("redelivered=", 1)[1]) for line in COUNT_LINES)
+    terminalreporter.write_line(
+        f"{len(COUNT_LINES)} runs, {len(bad)} with loss or duplicates; "
+        f"{copies} redelivered copies of a forwarded result (the SDK keeps the first)"
+    )
     target = os.environ.get("FAULT_REPORT")
     if target:
         Path(target).write_text("\n".join(COUNT_LINES) + "\n")

@@ -54,7 +54,16 @@ CONSUMER_TIMEOUT_MS = 10_000
 
 @dataclass
 class Outcome:
-    """What came back for one run."""
+    """What came back for one run.
+
+    A second result for a task is either a *duplicate*: a different Result (another execution,
+    another answer; its worker timestamps differ), which breaks exactly-once; or a
+    *redelivered* copy: the very same Result delivered twice. The second happens when the broker
+    stops after it stored a result the web service forwarded but before it confirmed it: the
+    service cannot know the copy landed and forwards it again (no queue can tell, the two
+    generals' problem). The SDK matches results to futures by task id and keeps the first, so
+    its user still sees one result; the count is printed so that it stays visible.
+    """
 
     submitted: set[str]
     results: list[Result] = field(default_factory=list)
@@ -67,9 +76,25 @@ class Outcome:
     def lost(self) -> int:
         return len(self.submitted - set(self.counts))
 
+    def _extras(self) -> tuple[int, int]:
+        first: dict[str, Result] = {}
+        duplicated = redelivered = 0
+        for r in self.results:
+            if r.task_id not in first:
+                first[r.task_id] = r
+            elif r == first[r.task_id]:
+                redelivered += 1
+            else:
+                duplicated += 1
+        return duplicated, redelivered
+
     @property
     def duplicated(self) -> int:
-        return sum(n - 1 for n in self.counts.values() if n > 1)
+        return self._extras()[0]
+
+    @property
+    def redelivered(self) -> int:
+        return self._extras()[1]
 
     @property
     def unexpected(self) -> int:
@@ -81,7 +106,8 @@ class Outcome:
     def line(self, case: str) -> str:
         return (
             f"{case} submitted={len(self.submitted)} results={len(self.results)} "
-            f"lost={self.lost} duplicated={self.duplicated} unexpected={self.unexpected}"
+            f"lost={self.lost} duplicated={self.duplicated} unexpected={self.unexpected} "
+            f"redelivered={self.redelivered}"
         )
 
 
