@@ -236,7 +236,8 @@ class AmqpSession:
         self._events.on_connected(self, self._generation)
 
     def _on_open_error(self, conn: pika.BaseConnection, err: BaseException) -> None:
-        log.warning("%s: cannot connect to the broker: %s", self.name, err)
+        # Some of pika's connection errors stringify to "": the class name still says what.
+        log.warning("%s: cannot connect to the broker: %s", self.name, str(err) or repr(err))
         conn.ioloop.stop()
 
     def _on_closed(self, conn: pika.BaseConnection, reason: BaseException) -> None:
