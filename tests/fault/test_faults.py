@@ -1,7 +1,7 @@
 """The reliability cases (shared/reliability.md), each over several random seeds.
 
-Every run prints `CASE submitted=N results=N lost=0 duplicated=0 unexpected=0 redelivered=N` and fails on
-any loss, duplicate or unexpected result. `FAULT_SEED=n` replays one seed.
+Every run prints `CASE submitted=N results=N lost=0 duplicated=0 unexpected=0 redelivered=N`
+and fails on any loss, duplicate or unexpected result. `FAULT_SEED=n` replays one seed.
 """
 
 from __future__ import annotations

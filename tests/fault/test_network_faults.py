@@ -2,7 +2,8 @@
 connection is reset, or silently black-holed, while tasks are in flight.
 
 Only the endpoint goes through the proxy; the web service and the checker reach the broker
-directly. Every run prints `CASE submitted=N results=N lost=0 duplicated=0 unexpected=0 redelivered=N` and
+directly. Every run prints
+`CASE submitted=N results=N lost=0 duplicated=0 unexpected=0 redelivered=N` and
 fails on any loss, duplicate, unexpected result or failure. `FAULT_SEED=n` replays one seed.
 """
 
