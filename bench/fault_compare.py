@@ -63,9 +63,29 @@ def kill_ours(stack: FaultStack) -> None:
     stack.start_endpoint(OURS)
 
 
+#: The official user endpoints' worker processes at each kill: they outlive it (and ignore
+#: SIGTERM), so the run counts and ends them itself.
+ORPHANS: list[psutil.Process] = []
+
+
 def kill_official(stack: FaultStack) -> None:
     # The manager notices and the service's next start command brings a new one up.
-    official_uep(stack).send_signal(signal.SIGKILL)
+    uep = official_uep(stack)
+    ORPHANS.extend(uep.children(recursive=True))
+    uep.send_signal(signal.SIGKILL)
+
+
+def end_orphans() -> int:
+    """SIGKILL the killed user endpoints' workers still running; return how many there were."""
+    ended = 0
+    for proc in ORPHANS:
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                proc.kill()
+                ended += 1
+        except psutil.NoSuchProcess:
+            continue
+    return ended
 
 
 def one_round(
@@ -113,6 +133,7 @@ def main() -> int:
                 ):
                     t[i] += v
         stack.stop_official_endpoint(OFFICIAL)
+    print(f"fault_compare.official.orphaned_workers={end_orphans()}", flush=True)
     for who, (submitted, lost, duplicated, unexpected) in totals.items():
         print(
             f"fault_compare.{who}.total submitted={submitted} lost={lost} "
