@@ -111,9 +111,10 @@ def test_case01_kill9_at_each_step_of_the_task_path(
     for _ in range(3):  # separate arrivals, so each point is passed several times
         time.sleep(0.2)
         ids += stack.submit(endpoint_id, "work", [(i, 0.02) for i in range(15)], group)[0]
-    proc = stack.procs.pop(f"endpoint:{ENDPOINT}")
+    proc = stack.procs[f"endpoint:{ENDPOINT}"]  # left there on a timeout: close() ends it
     # The hook kills the endpoint with SIGKILL: -9 proves it died at the point, not elsewhere.
     assert proc.wait(60) == -signal.SIGKILL, stack.log_text(f"endpoint:{ENDPOINT}")[-2000:]
+    stack.procs.pop(f"endpoint:{ENDPOINT}")
     log_start = len(stack.log_text(f"endpoint:{ENDPOINT}"))
     stack.start_endpoint(ENDPOINT)
     try:
