@@ -16,6 +16,8 @@ import re
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -238,6 +240,18 @@ class FaultStack(Stack):
             if conn.is_open:
                 conn.close()
         return out
+
+
+@contextmanager
+def configured_stack(name: str, config: str, *, proxied: bool = False) -> Iterator[FaultStack]:
+    """A running service (and broker) with endpoint `name` configured, closed afterwards."""
+    s = FaultStack(proxied=proxied)
+    try:
+        s.start_service()
+        s.configure_endpoint(name, config)
+        yield s
+    finally:
+        s.close()
 
 
 def values(results: list[Result]) -> dict[str, Any]:

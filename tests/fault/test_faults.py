@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.fault.harness import FaultStack, Outcome, report, seeds, values
+from tests.fault.harness import FaultStack, Outcome, configured_stack, report, seeds, values
 
 pytestmark = pytest.mark.fault
 
@@ -33,13 +33,8 @@ heartbeat_period: 5
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[FaultStack]:
-    s = FaultStack()
-    try:
-        s.start_service()
-        s.configure_endpoint(ENDPOINT, CONFIG)
+    with configured_stack(ENDPOINT, CONFIG) as s:
         yield s
-    finally:
-        s.close()
 
 
 @pytest.fixture

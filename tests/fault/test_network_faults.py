@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.fault.harness import FaultStack, Outcome, report, seeds, values
+from tests.fault.harness import FaultStack, Outcome, configured_stack, report, seeds, values
 from tests.fault.proxy import BrokerProxy
 
 pytestmark = pytest.mark.fault
@@ -44,13 +44,8 @@ MISSED_HEARTBEATS = "missed heartbeats"
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[FaultStack]:
-    s = FaultStack(proxied=True)
-    try:
-        s.start_service()
-        s.configure_endpoint(ENDPOINT, CONFIG)
+    with configured_stack(ENDPOINT, CONFIG, proxied=True) as s:
         yield s
-    finally:
-        s.close()
 
 
 @pytest.fixture
