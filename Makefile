@@ -26,7 +26,7 @@ peers: $(PEER_VENV)/bin/globus-compute-endpoint
 
 ## demo: the main job: private broker + web service + our endpoint, run add(40, b=2) with the official SDK
 demo: dev peers
-	$(BIN)/python -m webservice.demo --peer-python $(PEER_VENV)/bin/python
+	$(BIN)/python -m devstack.demo --peer-python $(PEER_VENV)/bin/python
 
 ## test: unit, integration (real RabbitMQ) and e2e (official SDK and endpoint) tests
 ## (the appliance tests need dockerd and the images: `make test-appliance`)

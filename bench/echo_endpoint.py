@@ -13,9 +13,9 @@ from typing import Any
 
 import pika
 
+from devstack.stack import Stack
 from endpoint.protocol.messages import EPStatusReport, Result, pack
 from endpoint.protocol.serialize import serialize
-from webservice.stack import Stack
 
 
 def register(stack: Stack) -> dict[str, Any]:

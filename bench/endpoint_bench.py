@@ -30,7 +30,7 @@ from typing import Any
 import echo_endpoint  # type: ignore[import-not-found,unused-ignore]  # bench/ is on sys.path as a script
 import psutil
 
-from webservice.stack import Stack
+from devstack.stack import Stack
 
 HERE = Path(__file__).resolve().parent
 ENGINES = {"thread": "ThreadPoolEngine", "process": "ProcessPoolEngine", "gce": "GCE"}

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import psutil
 
+from devstack.stack import SDK_LOCAL_PORT
 from tests.fault.harness import FaultStack, Outcome
-from webservice.stack import SDK_LOCAL_PORT
 
 OURS = "cmp-ours"
 OFFICIAL = "cmp-official"

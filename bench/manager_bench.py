@@ -25,7 +25,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from webservice.stack import Stack
+from devstack.stack import Stack
 
 TEMPLATE = """\
 engine:

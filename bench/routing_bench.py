@@ -40,7 +40,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the image builder lives with the container tests
 
-from endpoint.engines import Engine, RoutingEngine, TaskSubmission, build_engine  # noqa: E402
+from endpoint.engines.base import Engine, TaskSubmission  # noqa: E402
+from endpoint.engines.build import build_engine  # noqa: E402
+from endpoint.engines.routing import RoutingEngine  # noqa: E402
 from tests.containers.images import build_images  # noqa: E402
 from tests.unit.test_engines import EPID, Results, submission  # noqa: E402
 

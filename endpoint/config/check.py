@@ -18,7 +18,7 @@ def _locate(target: str) -> Path:
     A bare name (no slash, no config suffix) is first looked up as an endpoint under the user
     directory, as every other subcommand does; anything else is a path.
     """
-    from endpoint.lifecycle import user_dir  # lifecycle may grow to import config itself
+    from endpoint.host.dirs import user_dir  # lifecycle may grow to import config itself
 
     path = Path(target).expanduser()
     bare = "/" not in target and path.suffix not in (".yaml", ".yml", ".py")

@@ -142,8 +142,8 @@ class PoolFactory:
         return image if isinstance(image, str) else None
 
     def build(self, image: str, pool_id: str) -> Engine:
-        from endpoint.engines.htex import GlobusComputeEngine
-        from endpoint.engines.htex_config import DEFAULT_PROVIDER
+        from endpoint.engines.htex.config import DEFAULT_PROVIDER
+        from endpoint.engines.htex.engine import GlobusComputeEngine
 
         options = dict(self.options)
         label = options.get("label") or self.engine_cls.__name__

@@ -91,4 +91,4 @@ def test_docker_stop_stops_the_programs_in_order_within_the_grace_period(aio: Co
     # Endpoint first (its last heartbeat still reaches the service), broker last.
     order = [logs.index(f"stopped: {p} (exit status 0)") for p in ("endpoint", "webservice")]
     assert order == sorted(order) and "stopped: broker" in logs, logs
-    assert "endpoint.runtime: endpoint" in logs and "SIGKILL" not in logs
+    assert "endpoint.runtime.adapter: endpoint" in logs and "SIGKILL" not in logs

@@ -19,7 +19,9 @@ from typing import Any
 
 import pytest
 
-from endpoint.engines import Engine, RoutingEngine, TaskSubmission, build_engine
+from endpoint.engines.base import Engine, TaskSubmission
+from endpoint.engines.build import build_engine
+from endpoint.engines.routing import RoutingEngine
 from tests.unit.test_engines import EPID, Results, ok, submission
 
 SHIM = """#!/bin/sh

@@ -7,7 +7,9 @@ from typing import Any
 import pytest
 
 from endpoint.config import EndpointConfig, load_config_text
-from endpoint.engines import ProcessPoolEngine, RoutingEngine, build_engine
+from endpoint.engines.build import build_engine
+from endpoint.engines.process import ProcessPoolEngine
+from endpoint.engines.routing import RoutingEngine
 from endpoint.errors import ConfigError
 
 

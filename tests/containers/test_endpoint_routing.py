@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from endpoint.engines import build_engine
+from endpoint.engines.build import build_engine
 from endpoint.protocol.messages import EPStatusReport, unpack_as
 from endpoint.protocol.serialize import deserialize
 from tests.containers.images import ImageSet

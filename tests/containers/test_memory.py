@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from endpoint.engines import Engine, build_engine
+from endpoint.engines.base import Engine
+from endpoint.engines.build import build_engine
 from tests.containers.conftest import labelled_containers
 from tests.containers.images import ImageSet
 from tests.unit.test_engines import EPID, Results, add, ok, submission, wait_until

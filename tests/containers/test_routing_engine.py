@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 
 from endpoint.containers.router import RoutingSettings
-from endpoint.engines import Engine, RoutingEngine, TaskSubmission, ThreadPoolEngine
-from endpoint.engines.routing import PoolFactory, split_image
+from endpoint.engines.base import Engine, TaskSubmission
+from endpoint.engines.routing import PoolFactory, RoutingEngine, split_image
+from endpoint.engines.thread import ThreadPoolEngine
 from tests.unit.test_engines import EPID, Results, add, nap, ok, submission
 
 

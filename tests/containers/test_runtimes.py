@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 
-from endpoint.engines import Engine, RoutingEngine, TaskSubmission, build_engine
+from endpoint.engines.base import Engine, TaskSubmission
+from endpoint.engines.build import build_engine
+from endpoint.engines.routing import RoutingEngine
 from endpoint.protocol.messages import Result
 from tests.containers.conftest import MISSING_IMAGE, labelled_containers
 from tests.containers.images import ImageSet

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from webservice.stack import Stack
+from devstack.stack import Stack
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from webservice.stack import Stack, _bin
+from devstack.stack import Stack, _bin
 
 ENGINE = "engine:\n  type: ProcessPoolEngine\n  max_workers: 2\nheartbeat_period: 5\n"
 HOOKS = (

@@ -18,8 +18,8 @@ import httpx
 import jwt
 import pytest
 
+from devstack.stack import Stack, _bin
 from tests.e2e.test_cli_lifecycle import listed, run_cli
-from webservice.stack import Stack, _bin
 
 PUBLIC_APP = "4cf29807-cf21-49ec-9443-ff9a3fb9f81c"
 COMPUTE_SCOPE = "https://auth.globus.org/scopes/facd7ccc-c5f4-42aa-916b-a0e270e2c2a9/all"

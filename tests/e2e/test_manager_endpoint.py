@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 import yaml
 
-from endpoint.audit import AUDIT_FILE
-from endpoint.audit import read as read_audit
+from devstack.stack import Stack
+from endpoint.manager.audit import AUDIT_FILE
+from endpoint.manager.audit import read as read_audit
 from tests.e2e.conftest import SdkRunner
 from webservice.commands import uep_id
-from webservice.stack import Stack
 
 #: Used by our manager and by the official one in `test_manager_side_by_side.py`.
 TEMPLATE = """\

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from devstack.stack import Stack
 from tests.e2e.conftest import SdkRunner
 from tests.e2e.test_manager_endpoint import PRELUDE, SCHEMA, TEMPLATE, configure_manager
-from webservice.stack import Stack
 
 OFFICIAL = "official-manager"
 OURS = "ours-twin"

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
+from devstack.stack import Stack
 from tests.e2e.conftest import SdkRunner
-from webservice.stack import Stack
 
 CONFIG = """\
 display_name: gce

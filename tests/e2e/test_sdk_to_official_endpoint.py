@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from devstack.stack import Stack
 from tests.e2e.conftest import SdkRunner
-from webservice.stack import Stack
 
 TEMPLATE = """\
 engine:

@@ -23,12 +23,12 @@ from typing import Any
 
 import pika
 
+from devstack.stack import Stack
 from endpoint.protocol.messages import Result, unpack_as
 from endpoint.protocol.serialize import deserialize, pack_buffers, serialize
 from tests.fault.proxy import BrokerProxy
 from webservice.broker import free_port
 from webservice.settings import DEFAULT_QUEUE_PREFIX
-from webservice.stack import Stack
 
 # Tasks are defined in a `__main__` namespace so dill ships them by value: the workers cannot
 # import this test module (they run with `python -P`).

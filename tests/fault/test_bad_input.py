@@ -18,11 +18,12 @@ from typing import Any
 import pika
 import pytest
 
-from endpoint.engines import build_engine
+from endpoint.engines.build import build_engine
 from endpoint.protocol.messages import EPStatusReport, Result, Task, pack
 from endpoint.protocol.serialize import STRATEGIES, deserialize, pack_buffers, serialize
-from endpoint.runtime import EndpointRuntime
+from endpoint.runtime.adapter import EndpointRuntime
 from tests.integration.test_runtime import Broker, square, task_message
+from tests.runtime_helpers import runtime_settings
 
 pytestmark = pytest.mark.fault
 
@@ -143,15 +144,9 @@ def _start(broker: Broker, ep_dir: Path, **options: Any) -> EndpointRuntime:
         endpoint_id=str(uuid.uuid4()),
         ep_dir=ep_dir,
         engine=engine,
-        tasks=broker.info(broker.tasks),
-        results=broker.info(broker.results),
-        heartbeats=broker.info(broker.beats),
-        heartbeat_period=5,
-        prefetch_count=64,
-        allowed_functions=None,
-        max_retries_on_system_failure=0,
+        queues=broker.queues(),
+        settings=runtime_settings(**options),
         config_text="engine: {type: ThreadPoolEngine}\n",
-        **options,
     )
     threading.Thread(target=rt.run, daemon=True, name="endpoint-under-test").start()
     return rt

@@ -251,7 +251,7 @@ def test_case04_killed_worker_fails_its_task_with_the_cause(
 def test_case10_two_starts_at_once_run_one_instance(stack: FaultStack) -> None:
     import subprocess
 
-    from webservice.stack import _bin
+    from devstack.stack import _bin
 
     env = stack.client_env(stack.root / "user")
     argv = [_bin("compute-endpoint"), "start", ENDPOINT]

@@ -16,7 +16,9 @@ from typing import Any
 import psutil
 import pytest
 
-from endpoint.engines import GlobusComputeEngine, GlobusMPIEngine, build_engine
+from endpoint.engines.build import build_engine
+from endpoint.engines.htex.engine import GlobusComputeEngine
+from endpoint.engines.htex.mpi import GlobusMPIEngine
 from endpoint.errors import ConfigError, LifecycleError
 from tests.unit.test_engines import (
     EPID,

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from endpoint.engines import Engine, build_engine
+from endpoint.engines.base import Engine
+from endpoint.engines.build import build_engine
 from tests.unit.test_engines import EPID, Results, ok, pid_and_cwd, submission
 
 HEADROOM_MIB = 256

@@ -17,7 +17,9 @@ from typing import Any
 
 import pytest
 
-from endpoint.engines import Engine, GlobusComputeEngine, build_engine
+from endpoint.engines.base import Engine
+from endpoint.engines.build import build_engine
+from endpoint.engines.htex.engine import GlobusComputeEngine
 from tests.unit.test_engines import (
     EPID,
     Results,

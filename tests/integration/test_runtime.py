@@ -16,11 +16,13 @@ from typing import Any
 import pika
 import pytest
 
-from endpoint.engines import build_engine
-from endpoint.journal import Journal, JournaledTask
+from endpoint.amqp.queues import EndpointQueues, QueueInfo
+from endpoint.engines.build import build_engine
 from endpoint.protocol.messages import EPStatusReport, Result, Task, pack, unpack_as
 from endpoint.protocol.serialize import deserialize, pack_buffers, serialize
-from endpoint.runtime import EndpointRuntime, QueueInfo
+from endpoint.runtime.adapter import EndpointRuntime
+from endpoint.runtime.journal import Journal, JournaledTask
+from tests.runtime_helpers import runtime_settings, split_options
 
 
 def square(x: int) -> int:
@@ -43,6 +45,9 @@ class Broker:
         for q in (self.tasks, self.results, self.beats):
             self.ch.queue_declare(q, durable=True)
         self.url = url
+
+    def queues(self) -> EndpointQueues:
+        return EndpointQueues(self.info(self.tasks), self.info(self.results), self.info(self.beats))
 
     def info(self, queue: str) -> QueueInfo:
         return QueueInfo(
@@ -91,20 +96,16 @@ def broker(amqp_url: str, unique: str) -> Iterator[Broker]:
 def make_runtime(
     broker: Broker, ep_dir: Path, engine: str = "ThreadPoolEngine", **overrides: Any
 ) -> EndpointRuntime:
+    own, settings = split_options(overrides)
     options: dict[str, Any] = dict(
         endpoint_id=str(uuid.uuid4()),
         ep_dir=ep_dir,
         engine=build_engine({"type": engine, "max_workers": 2}),
-        tasks=broker.info(broker.tasks),
-        results=broker.info(broker.results),
-        heartbeats=broker.info(broker.beats),
-        heartbeat_period=5,
-        prefetch_count=64,
-        allowed_functions=None,
-        max_retries_on_system_failure=0,
+        queues=broker.queues(),
+        settings=runtime_settings(**settings),
         config_text="engine: {type: ThreadPoolEngine}\n",
     )
-    options.update(overrides)
+    options.update(own)
     return EndpointRuntime(**options)
 
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from endpoint.status import judge, read_status
+from endpoint.host.status import judge, read_status
 from tests.integration.test_runtime import Broker, broker, make_runtime, run_in_thread
 
 __all__ = ["broker"]  # the fixture, shared with test_runtime.py

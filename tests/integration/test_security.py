@@ -22,6 +22,7 @@ import pytest
 from fastapi.routing import APIRoute
 from starlette.routing import BaseRoute
 
+from devstack.testing import ApiClient, ServiceThread
 from endpoint.containers.argv import launch_argv, launch_template
 from endpoint.containers.spec import (
     LAUNCH_CMD_PLACEHOLDER,
@@ -35,7 +36,6 @@ from webservice.api.oauth import AUTH_CODE_PAGE
 from webservice.app import create_app
 from webservice.broker import PrivateRabbit
 from webservice.settings import Settings
-from webservice.testing import ApiClient, ServiceThread
 
 pytestmark = pytest.mark.integration
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from devstack.testing import ApiClient, ServiceThread
 from webservice.broker import PrivateRabbit
 from webservice.scopes import COMPUTE_SCOPE
 from webservice.settings import Settings
-from webservice.testing import ApiClient, ServiceThread
 
 pytestmark = pytest.mark.integration
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from devstack.testing import fetch_token
 from webservice.broker import free_port
-from webservice.testing import fetch_token
 
 pytestmark = pytest.mark.integration
 

@@ -12,10 +12,10 @@ import pika
 import pytest
 from pika.adapters.blocking_connection import BlockingChannel
 
+from devstack.testing import ApiClient, ServiceThread
 from endpoint.protocol.messages import EPStatusReport, Result, Task, pack, unpack_as
 from webservice.broker import PrivateRabbit
 from webservice.settings import Settings
-from webservice.testing import ApiClient, ServiceThread
 
 pytestmark = pytest.mark.integration
 

@@ -14,10 +14,10 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
+from devstack.testing import ApiClient, ServiceThread
 from webservice.app import create_app
 from webservice.broker import PrivateRabbit
 from webservice.settings import Settings
-from webservice.testing import ApiClient, ServiceThread
 
 pytestmark = pytest.mark.integration
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pika
 import pytest
 
+from devstack.testing import ApiClient, ServiceThread
 from endpoint.protocol.messages import Result, pack
 from webservice.broker import PrivateRabbit
 from webservice.settings import Settings
-from webservice.testing import ApiClient, ServiceThread
 
 pytestmark = pytest.mark.integration
 

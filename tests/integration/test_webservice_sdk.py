@@ -20,11 +20,11 @@ from pathlib import Path
 import pika
 import pytest
 
+from devstack.testing import ApiClient, ServiceThread, fetch_token
 from endpoint.protocol.messages import Result, Task, pack, unpack_as
 from webservice.broker import PrivateRabbit, free_port
 from webservice.server import port_is_free
 from webservice.settings import Settings
-from webservice.testing import ApiClient, ServiceThread, fetch_token
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 

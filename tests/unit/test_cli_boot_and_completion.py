@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from endpoint import auth, boot
-from endpoint.cli import build_parser, main
-from endpoint.completion import model, script
-from endpoint.runtime import QueueInfo
+from endpoint.admin import auth, boot
+from endpoint.amqp.queues import QueueInfo
+from endpoint.cli.completion import model, script
+from endpoint.cli.app import build_parser, main
 
 SECRET = "s3cret-value"
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from endpoint import configure
-from endpoint.cli import EX_CONFIG, main
+from endpoint.admin import configure
+from endpoint.cli.app import EX_CONFIG, main
 from endpoint.config import EndpointConfig, ManagerConfig, load_endpoint_dir
 
 POLICY = "9b1d2c1e-6d0a-4c37-9d7e-2a3f1b2c4d5e"

@@ -11,18 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from endpoint.cli import main
+from endpoint.cli.app import main
 from endpoint.errors import AlreadyRunning, LifecycleError, NotConfigured
-from endpoint.lifecycle import (
-    PidLock,
-    State,
-    clean_stale_pid,
-    probe,
-    resolve,
-    state_of,
-    validate_name,
-    write_endpoint_id,
-)
+from endpoint.host.dirs import resolve, validate_name, write_endpoint_id
+from endpoint.host.pidlock import PidLock, State, clean_stale_pid, probe, state_of
 
 EP_ID = "4ff1b5b8-7a4e-4b1a-9a8e-6b3bb0e3b4a1"
 
@@ -101,7 +93,7 @@ def test_the_four_states_follow_the_seeds(user_dir: Path) -> None:
 
 def _die_holding_the_lock(ep: Path) -> None:
     code = (
-        "import os, sys; from pathlib import Path; from endpoint.lifecycle import PidLock;"
+        "import os, sys; from pathlib import Path; from endpoint.host.pidlock import PidLock;"
         f"PidLock.acquire(Path({str(ep)!r})); os._exit(0)"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -18,9 +18,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from endpoint import daemon
-from endpoint.cli import EX_CONFIG, EX_TEMPFAIL, main
-from endpoint.lifecycle import State, probe, write_endpoint_id
+from endpoint.cli.app import EX_CONFIG, EX_TEMPFAIL, main
+from endpoint.host import daemon
+from endpoint.host.dirs import write_endpoint_id
+from endpoint.host.pidlock import State, probe
 
 EP_ID = "4ff1b5b8-7a4e-4b1a-9a8e-6b3bb0e3b4a1"
 
@@ -28,7 +29,7 @@ FAKE_ENDPOINT = textwrap.dedent(
     """
     import os, signal, subprocess, sys, time
     from pathlib import Path
-    from endpoint.lifecycle import PidLock
+    from endpoint.host.pidlock import PidLock
     ep, mode = Path(sys.argv[1]), sys.argv[2]
     lock = PidLock.acquire(ep)
     stubborn_child = (

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from endpoint.cli import EX_CANTCREAT, EX_CONFIG, main
+from endpoint.cli.app import EX_CANTCREAT, EX_CONFIG, main
 from endpoint.config import EndpointConfig, ManagerConfig, load_config_text
 from endpoint.errors import AlreadyRunning, ConfigError
-from endpoint.lifecycle import PidLock, State, clean_stale_pid, state_of, write_endpoint_id
+from endpoint.host.dirs import write_endpoint_id
+from endpoint.host.pidlock import PidLock, State, clean_stale_pid, state_of
 
 
 def test_defaults_match_the_official_endpoint() -> None:
@@ -73,7 +74,7 @@ def test_a_stale_pid_file_from_a_dead_process_is_cleaned(user_dir: Path) -> None
     ep.mkdir()
     # A child takes the lock and dies without cleaning up, as after kill -9 or a reboot.
     code = (
-        "import sys; from pathlib import Path; from endpoint.lifecycle import PidLock;"
+        "import sys; from pathlib import Path; from endpoint.host.pidlock import PidLock;"
         f"PidLock.acquire(Path({str(ep)!r})); import os; os._exit(0)"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

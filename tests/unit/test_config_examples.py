@@ -241,7 +241,7 @@ BUILDABLE = [
 
 @pytest.mark.parametrize("name", BUILDABLE)
 def test_engine_spec_is_accepted_by_build_engine(name: str) -> None:
-    from endpoint.engines import build_engine
+    from endpoint.engines.build import build_engine
 
     cfg, _ = check(str(CONFIGS / f"{name}.yaml"))
     assert isinstance(cfg, EndpointConfig)

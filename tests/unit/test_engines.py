@@ -12,14 +12,10 @@ from typing import Any
 
 import pytest
 
-from endpoint.engines import (
-    ENGINE_TYPES,
-    Engine,
-    ProcessPoolEngine,
-    TaskSubmission,
-    ThreadPoolEngine,
-    build_engine,
-)
+from endpoint.engines.base import Engine, TaskSubmission
+from endpoint.engines.build import ENGINE_TYPES, build_engine
+from endpoint.engines.process import ProcessPoolEngine
+from endpoint.engines.thread import ThreadPoolEngine
 from endpoint.errors import ConfigError, LifecycleError
 from endpoint.protocol.messages import Result, Task, pack, unpack_as
 from endpoint.protocol.serialize import BY_NAME, deserialize, pack_buffers, serialize

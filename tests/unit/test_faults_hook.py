@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from endpoint import faults
 from endpoint.errors import ConfigError
+from endpoint.runtime import faults
 
 
 def test_unset_is_a_noop(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,8 +1,8 @@
-"""Idle shutdown counting (endpoint.idle)."""
+"""Idle shutdown counting (endpoint.runtime.idle)."""
 
 from __future__ import annotations
 
-from endpoint.idle import IdleTracker
+from endpoint.runtime.idle import IdleTracker
 
 
 def test_disabled_when_soft_is_zero() -> None:

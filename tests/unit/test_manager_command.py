@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from endpoint.amqp import MessageProperties
-from endpoint.command import MAX_SKEW_S, Refusal, parse, redacted
+from endpoint.manager.command import MAX_SKEW_S, Refusal, parse, redacted
 
 UEP = "0d0e5c36-9f55-5d4b-8b8c-1f2e3d4c5b6a"
 OWNER = "aaaaaaaa-0000-0000-0000-000000000001"

@@ -20,14 +20,14 @@ from typing import Any
 import pika
 import pytest
 
-from endpoint.audit import AUDIT_FILE
-from endpoint.audit import read as read_audit
+from endpoint.amqp.queues import QueueInfo
 from endpoint.config import ManagerConfig
-from endpoint.identity import Authorizer, LocalUser, OwnerAuthorizer
-from endpoint.manager import Manager, ManagerSettings
+from endpoint.manager.audit import AUDIT_FILE
+from endpoint.manager.audit import read as read_audit
+from endpoint.manager.core import Manager, ManagerSettings
+from endpoint.manager.identity import Authorizer, LocalUser, OwnerAuthorizer
 from endpoint.protocol.messages import EPStatusReport, Result, Task, pack, unpack_as
 from endpoint.protocol.serialize import DillCodeSource, deserialize, pack_buffers, serialize
-from endpoint.runtime import QueueInfo
 
 pytestmark = pytest.mark.integration
 

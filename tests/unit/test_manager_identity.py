@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from endpoint import identity
 from endpoint.errors import ConfigError, IdentityRefused
-from endpoint.identity import (
+from endpoint.manager import identity
+from endpoint.manager.identity import (
     EXPRESSION,
     EXTERNAL,
     LocalUser,

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from endpoint.identity import EXPRESSION, LocalUser, MappingAuthorizer, MappingFile
-from endpoint.spawner import drop_privileges
+from endpoint.manager.identity import EXPRESSION, LocalUser, MappingAuthorizer, MappingFile
+from endpoint.manager.spawner import drop_privileges
 from tests.unit.test_manager_flow import (
     OWNER,
     STRANGER,

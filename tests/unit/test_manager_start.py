@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from endpoint.cli import EX_CONFIG, main
-from endpoint.command import StartRequest
+from endpoint.cli.app import EX_CONFIG, main
 from endpoint.errors import ConfigError
-from endpoint.identity import LocalUser
-from endpoint.manager import read_user_environment, user_environment
+from endpoint.manager.command import StartRequest
+from endpoint.manager.core import read_user_environment, user_environment
+from endpoint.manager.identity import LocalUser
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="the rule is for root managers")
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from endpoint import cli
-from endpoint.lifecycle import PidLock
-from endpoint.status import STATUS_FILE, judge, read_status, write_status
+from endpoint.cli import app as cli
+from endpoint.host.pidlock import PidLock
+from endpoint.host.status import STATUS_FILE, judge, read_status, write_status
 
 
 def healthy_doc(**changes: Any) -> dict[str, Any]:

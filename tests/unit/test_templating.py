@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 import yaml
 
-from endpoint import templating
 from endpoint.config import EndpointConfig
 from endpoint.errors import TemplateError, UserOptionsInvalid
-from endpoint.identity import LocalUser, Principal
-from endpoint.templating import Reserved, TemplateSource, render, render_text
+from endpoint.manager import templating
+from endpoint.manager.identity import LocalUser, Principal
+from endpoint.manager.templating import Reserved, TemplateSource, render, render_text
 
 BASE = "engine:\n  type: ThreadPoolEngine\n  max_workers: {{ workers|default(2) }}\n"
 IDENTITY = "11111111-2222-3333-4444-555555555555"

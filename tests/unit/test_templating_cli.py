@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from endpoint.cli import EX_CONFIG, EX_USAGE, main
+from endpoint.cli.app import EX_CONFIG, EX_USAGE, main
 
 TEMPLATE = "engine:\n  type: ThreadPoolEngine\n  max_workers: {{ workers }}\n"
 
