@@ -25,6 +25,7 @@ from endpoint.host import daemon, hooks, logs
 from endpoint.host.dirs import read_endpoint_id
 from endpoint.host.pidlock import PidLock
 from endpoint.manager.identity import Authorizer
+from endpoint.runtime.adapter import EndpointRuntime
 from endpoint.runtime.build import build_runtime, new_engine
 
 log = logging.getLogger(__name__)
@@ -127,8 +128,14 @@ def _become_daemon(run: _Run, me: daemon.Daemon, debug: bool) -> None:
 
 
 def _run_endpoint(run: _Run, reg: service.Registration) -> None:
+    runtime = endpoint_runtime(run, reg)
+    runtime.install_signal_handlers()
+    runtime.run()
+
+
+def endpoint_runtime(run: _Run, reg: service.Registration) -> EndpointRuntime:
     loaded = run.loaded
-    runtime = build_runtime(
+    return build_runtime(
         endpoint_id=reg.endpoint_id,
         name=loaded.name,
         ep_dir=loaded.ep_dir,
@@ -138,8 +145,6 @@ def _run_endpoint(run: _Run, reg: service.Registration) -> None:
         pid_lock=run.lock,
         engine=run.engine,
     )
-    runtime.install_signal_handlers()
-    runtime.run()
 
 
 def _finish(run: _Run) -> None:

@@ -56,7 +56,7 @@ def forbid_new_privileges() -> None:
 
 
 @dataclass
-class _Prepared:
+class Prepared:
     doc: LaunchDoc
     ep_dir: Path
     config: EndpointConfig
@@ -101,7 +101,7 @@ def _open_dir(doc: LaunchDoc) -> tuple[Path, EndpointConfig]:
     return ep_dir, cfg
 
 
-def _runtime(p: _Prepared) -> EndpointRuntime:
+def managed_runtime(p: Prepared) -> EndpointRuntime:
     doc = p.doc
     return build_runtime(
         endpoint_id=doc.endpoint_id,
@@ -115,20 +115,20 @@ def _runtime(p: _Prepared) -> EndpointRuntime:
     )
 
 
-def prepare(doc: LaunchDoc) -> _Prepared:
+def prepare(doc: LaunchDoc) -> Prepared:
     """Directory, log, config, lock, `endpoint_setup`, engine: all that can fail at start."""
     ep_dir, cfg = _open_dir(doc)
-    p = _Prepared(doc, ep_dir, cfg, _take_lock(ep_dir))
+    p = Prepared(doc, ep_dir, cfg, _take_lock(ep_dir))
     try:
         p.setup_done = hooks.run_setup(cfg.endpoint_setup, ep_dir, doc.endpoint_id)
-        p.runtime = _runtime(p)
+        p.runtime = managed_runtime(p)
     except BaseException:
         finish(p)
         raise
     return p
 
 
-def finish(p: _Prepared) -> None:
+def finish(p: Prepared) -> None:
     try:
         if p.setup_done:
             hooks.run_teardown(p.config.endpoint_teardown, p.ep_dir, p.doc.endpoint_id)
