@@ -43,7 +43,8 @@ test-e2e: dev peers
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -q -ra tests/e2e
 
 SHELL_SCRIPTS := entrypoint appliance/bin/rabbitmq-run appliance/bin/run-endpoint \
-	appliance/bin/run-webservice appliance/broker/rabbitmq-diagnostics .ci/run
+	appliance/bin/run-webservice appliance/broker/rabbitmq-diagnostics .ci/run \
+	tools/install-prereqs tools/dockerd-up tools/base-image
 
 lint: dev
 	$(BIN)/ruff check endpoint webservice tests bench appliance
