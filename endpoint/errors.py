@@ -1,7 +1,7 @@
 """The one exception tree of the endpoint package.
 
 Callers catch these, never library exceptions: adapters (pika, globus_sdk, sqlite) translate
-their errors at the edge. `cli.py` maps each class to a documented exit code.
+their errors at the edge. `cli/app.py` maps each class to a documented exit code.
 
     EndpointError
      +-- ProtocolError

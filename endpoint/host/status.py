@@ -59,7 +59,7 @@ class Health:
 def writer_alive(ep_dir: Path, pid: object) -> bool:
     """True while the process that wrote status.json holds the endpoint's lock.
 
-    The flock is exact on one host (lifecycle.py); comparing pids catches a status file left
+    The flock is exact on one host (host/pidlock.py); comparing pids catches a status file left
     by an earlier process while a new one is still starting.
     """
     found = probe(ep_dir)

@@ -1,7 +1,7 @@
 """The user endpoint's task/result bookkeeping as an I/O-free state machine.
 
 Events go in (deliveries, results from the engine, publisher confirms, connection changes,
-ticks); each returns a `Plan` that says what to journal, ack, run and publish. `runtime.py`
+ticks); each returns a `Plan` that says what to journal, ack, run and publish. `adapter.py`
 executes plans in a fixed order: journal first, then acks and publishes, then engine submits.
 That order carries the promises: nothing is acked before it is journaled, no result is
 published before it is journaled, and a row leaves the journal only on a broker confirm.

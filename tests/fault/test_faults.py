@@ -83,7 +83,7 @@ def test_case01_kill9_endpoint_mid_flight_then_restart(
     assert all(done[t] == i for i, t in enumerate(ids) if t in done)
 
 
-#: Where case 1 kills the endpoint, by its own fault hook (endpoint/faults.py), and how many
+#: Where case 1 kills the endpoint, by its own fault hook (endpoint/runtime/faults.py), and how many
 #: passes through that point to let by first (the seed picks within the range).
 KILL_POINTS = {
     "delivered": (1, 3),

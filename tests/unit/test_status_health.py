@@ -1,4 +1,4 @@
-"""status.json and the health rule (endpoint/status.py), without a broker."""
+"""status.json and the health rule (endpoint/host/status.py), without a broker."""
 
 from __future__ import annotations
 
