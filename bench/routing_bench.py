@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the image builder lives with the container tests
 
 from endpoint.engines.base import Engine, TaskSubmission  # noqa: E402
-from endpoint.engines.build import build_engine  # noqa: E402
+from endpoint.engines.build import build_engine_from_dict  # noqa: E402
 from endpoint.engines.routing import RoutingEngine  # noqa: E402
 from tests.containers.images import build_images  # noqa: E402
 from tests.unit.test_engines import EPID, Results, submission  # noqa: E402
@@ -147,7 +147,7 @@ def submit_on_schedule(
 
 
 def run_soft(stream: list[str], at: list[float], seconds: float, run_dir: Path) -> Outcome:
-    engine = build_engine(
+    engine = build_engine_from_dict(
         {
             **pool_spec(None),
             "container_type": "docker",
@@ -211,7 +211,7 @@ def _run_slot(
         if image != current:  # the container holds another image: restart it
             if engine is not None:
                 engine.shutdown(wait=True)
-            engine = build_engine(pool_spec(image))
+            engine = build_engine_from_dict(pool_spec(image))
             engine.start(endpoint_id=EPID, run_dir=run_dir, on_result=results)
             engine.wait_ready(READY_TIMEOUT_S)
             starts[slot] += 1
@@ -242,7 +242,7 @@ def _runs(indexes: list[int], stream: list[str]) -> list[list[int]]:
 
 def warm_hit_added_latency(image: str, samples: int, run_dir: Path) -> float:
     """Median ms a warm hit adds over the same no-op task on a local process pool."""
-    engine = build_engine(
+    engine = build_engine_from_dict(
         {**pool_spec(None), "container_type": "docker", "container_routing": "soft"}
     )
     results = Results()

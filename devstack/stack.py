@@ -206,10 +206,11 @@ class Stack:
 
     # ---- processes --------------------------------------------------------------------------
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        logf = open(self.root / f"{name.replace(':', '-')}.log", "ab")  # noqa: SIM115
-        self.procs[name] = subprocess.Popen(
-            argv, env=env, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        # The child gets its own copy of the descriptor: ours is closed once it has started.
+        with open(self.root / f"{name.replace(':', '-')}.log", "ab") as logf:
+            self.procs[name] = subprocess.Popen(
+                argv, env=env, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True
+            )
 
     def log_text(self, name: str) -> str:
         path = self.root / f"{name.replace(':', '-')}.log"

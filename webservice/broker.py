@@ -100,14 +100,15 @@ class PrivateRabbit:
             raise BrokerStartError(
                 f"{RABBIT_BIN}/rabbitmq-server not found: install Debian's rabbitmq-server"
             )
-        logf = open(self.state_dir / "server.out", "ab")  # noqa: SIM115 - lives with the child
-        self._proc = subprocess.Popen(
-            [str(RABBIT_BIN / "rabbitmq-server")],
-            env=self._env,
-            stdout=logf,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        # The child gets its own copy of the descriptor: ours is closed once it has started.
+        with open(self.state_dir / "server.out", "ab") as logf:
+            self._proc = subprocess.Popen(
+                [str(RABBIT_BIN / "rabbitmq-server")],
+                env=self._env,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:

@@ -22,6 +22,7 @@ from globus_sdk.globus_app import ClientApp, GlobusApp, GlobusAppConfig, UserApp
 from globus_sdk.token_storage import SQLiteTokenStorage, TokenValidationError
 
 from endpoint import __version__
+from endpoint.amqp.queues import AmqpCreds
 from endpoint.errors import AuthError, ConfigError, ServiceError, ServiceUnreachable
 
 log = logging.getLogger(__name__)
@@ -118,14 +119,16 @@ class Registration:
     command_queue_info: dict[str, Any] | None
     raw: dict[str, Any]
 
-    def queue_infos(self) -> dict[str, Any]:
-        """The three queues of a user endpoint, keyed as in a manager's `amqp_creds`."""
-        return {
-            "endpoint_id": self.endpoint_id,
-            "task_queue_info": self.task_queue_info,
-            "result_queue_info": self.result_queue_info,
-            "heartbeat_queue_info": self.heartbeat_queue_info,
-        }
+    def creds(self) -> AmqpCreds:
+        """The three queues of a user endpoint, as a manager's start command carries them."""
+        return AmqpCreds.parse(
+            {
+                "endpoint_id": self.endpoint_id,
+                "task_queue_info": self.task_queue_info,
+                "result_queue_info": self.result_queue_info,
+                "heartbeat_queue_info": self.heartbeat_queue_info,
+            }
+        )
 
 
 class ComputeService:

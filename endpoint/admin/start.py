@@ -141,7 +141,7 @@ def endpoint_runtime(run: _Run, reg: service.Registration) -> EndpointRuntime:
         ep_dir=loaded.ep_dir,
         config=loaded.user_config,
         config_text=loaded.text,
-        queues=reg.queue_infos(),
+        creds=reg.creds(),
         pid_lock=run.lock,
         engine=run.engine,
     )

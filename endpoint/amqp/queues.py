@@ -59,6 +59,27 @@ def check_creds(creds: Any) -> None:
 
 
 @dataclass(frozen=True)
+class AmqpCreds:
+    """A user endpoint's queue credentials as the service sent them (``amqp_creds``), checked
+    once; `doc` is forwarded as is (to the user endpoint's control pipe)."""
+
+    endpoint_id: str
+    doc: dict[str, Any]
+
+    @classmethod
+    def parse(cls, creds: Any) -> AmqpCreds:
+        """ProtocolError unless `creds` names its endpoint and carries three queue infos."""
+        check_creds(creds)
+        return cls(creds["endpoint_id"], creds)
+
+    def queues(self, amqp_port: int | None) -> EndpointQueues:
+        return EndpointQueues.from_service(self.doc, amqp_port)
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.doc)
+
+
+@dataclass(frozen=True)
 class EndpointQueues:
     """A user endpoint's three queues: tasks in, results and heartbeats out."""
 
@@ -74,9 +95,3 @@ class EndpointQueues:
             results=QueueInfo.from_service(doc["result_queue_info"], amqp_port),
             heartbeats=QueueInfo.from_service(doc["heartbeat_queue_info"], amqp_port),
         )
-
-    @classmethod
-    def from_creds(cls, creds: Any, amqp_port: int | None) -> EndpointQueues:
-        """From untrusted `amqp_creds` (a manager's pipe): ProtocolError when malformed."""
-        check_creds(creds)
-        return cls.from_service(creds, amqp_port)

@@ -3,8 +3,9 @@
 The Parsl-backed engines (GlobusComputeEngine, GlobusMPIEngine) live in `endpoint.config.htex`;
 `endpoint.config.model` joins all four into one union discriminated by ``type``.
 
-Each model is inert data. `EngineConfig.engine_spec` turns it into the mapping that
-`endpoint.engines.build_engine` instantiates, so nothing runs while a config is checked.
+Each model is inert data and the one source of truth for an engine's options and their
+defaults: `endpoint.engines.build.build_engine` hands the validated model to the engine, which
+reads its fields and checks nothing again. Checking a config therefore builds nothing.
 """
 
 from __future__ import annotations
@@ -14,9 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from endpoint.config.containers import ContainerSettings
-
-#: The worker's default limit on a serialized result (the web service refuses larger ones).
-DEFAULT_RESULT_SIZE_LIMIT = 10 * 1024 * 1024
+from endpoint.protocol.limits import DEFAULT_RESULT_SIZE_LIMIT
 
 
 class EngineConfig(BaseModel):
@@ -68,10 +67,10 @@ class EngineConfig(BaseModel):
         return value
 
     def engine_spec(self) -> dict[str, Any]:
-        """``{"type": ..., **options}`` for `endpoint.engines.build_engine`.
+        """``{"type": ..., **options}``: the keys the file set, flattened as it wrote them.
 
         Only keys the file set (or a validator normalised) are included, and None values are
-        left out, so the engine's own defaults apply to everything else.
+        left out. For showing and comparing configs; engines are built from the model itself.
         """
         options = self.model_dump(exclude_unset=True, exclude_none=True, exclude={"type"})
         return {"type": self.type, **options}

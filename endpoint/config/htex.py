@@ -42,6 +42,14 @@ PASSTHROUGH = "htex_options"
 #: Providers that run containers themselves; an engine-level image would be a second one.
 SELF_CONTAINED_PROVIDERS = ("AWSProvider", "GoogleCloudProvider", "KubernetesProvider")
 
+#: Most tasks per Parsl message when the queue is deep (``task_batch_size``).
+DEFAULT_TASK_BATCH_SIZE = 64
+#: GlobusMPIEngine's provider when the file names none.
+DEFAULT_MPI_PROVIDER: dict[str, Any] = {
+    "type": "LocalProvider",
+    "launcher": {"type": "SimpleLauncher"},
+}
+
 STRATEGIES = ("simple", "none", "htex_auto_scale")
 #: ``strategy: {type: ...}`` mappings from older docs, and the Parsl strategy each means.
 _STRATEGY_CLASSES = {"SimpleStrategy": "simple", "KubeSimpleStrategy": "simple"}
@@ -186,8 +194,9 @@ class ParslEngineConfig(ContainerSettings, EngineConfig):
     # Deprecated; a usable value is moved into job_status_kwargs before validation, so one
     # that reaches the field is an error. Never dumped.
     strategy: Any = Field(default=None, exclude=True, repr=False)
-    # Ours: the most tasks sent to the interchange in one message (None: the engine decides).
-    task_batch_size: int | None = Field(default=None, ge=1)
+    # Ours: the most tasks sent to the interchange in one message when the queue is deep
+    # (1 turns batching off; a shallow queue always sends tasks alone).
+    task_batch_size: int = Field(default=DEFAULT_TASK_BATCH_SIZE, ge=1)
     provider: dict[str, Any] = Field(default_factory=lambda: {"type": "LocalProvider"})
     # None: Parsl offers workers every local address.
     address: str | dict[str, Any] | None = None
@@ -234,6 +243,8 @@ class ParslEngineConfig(ContainerSettings, EngineConfig):
     @field_validator("address", mode="before")
     @classmethod
     def _check_address(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            fail([((), "must not be empty (leave it out for the engine's default)")])
         if value is None or isinstance(value, str):
             return value
         value = _strip_nulls(value)
@@ -338,6 +349,8 @@ class GlobusMPIEngineConfig(ParslEngineConfig):
 
     executor_class: ClassVar[str] = "MPIExecutor"
     type: Literal["GlobusMPIEngine"] = "GlobusMPIEngine"
+    # MPIExecutor insists on a launcher that starts a single worker pool per block.
+    provider: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_MPI_PROVIDER))
     mpi_launcher: Literal["mpiexec", "srun", "aprun"] = "mpiexec"
     max_workers_per_block: int = Field(default=1, ge=1)
 

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from endpoint.config import retired
+from endpoint.config.engines import EngineConfig
 from endpoint.config.htex import PASSTHROUGH, GlobusComputeEngineConfig, passthrough_keys
 from endpoint.config.issues import ISSUES, did_you_mean
 from endpoint.config.model import ENGINE_MODELS, EndpointConfig, ManagerConfig, document_kind
@@ -245,6 +246,17 @@ def validate(
         return kind.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as e:
         raise ConfigError(describe_errors(e, kind, lines or {}, source)) from None
+
+
+def load_engine(spec: dict[str, Any], source: str = "engine") -> EngineConfig:
+    """Validate an ``engine:`` mapping alone, exactly as inside a config file.
+
+    For engines described in Python (tests, benchmarks): the same model, defaults and
+    messages (``engine.max_workers: ...``) as a file's ``engine:`` block.
+    """
+    cfg = validate({"engine": spec}, source=source)
+    assert isinstance(cfg, EndpointConfig)  # a document with engine: is a user endpoint
+    return cfg.engine
 
 
 def load_config_text(

@@ -31,6 +31,7 @@ from endpoint.config import retired
 from endpoint.config.engines import EngineConfig, ProcessPoolEngineConfig, ThreadPoolEngineConfig
 from endpoint.config.htex import GlobusComputeEngineConfig, GlobusMPIEngineConfig
 from endpoint.config.issues import Issue, fail
+from endpoint.protocol.limits import DEFAULT_MAX_TASK_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,7 @@ class EndpointConfig(BaseConfig):
     # Unacked deliveries the broker may push to us before we journal and ack them.
     prefetch_count: int = Field(default=256, ge=1, le=65535)
     # Ours: larger task messages get a TaskTooLarge error result instead of being run.
-    max_task_size: int = Field(default=10 * 1024 * 1024, ge=1)
+    max_task_size: int = Field(default=DEFAULT_MAX_TASK_SIZE, ge=1)
 
     @property
     def mode(self) -> str:

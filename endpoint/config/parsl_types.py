@@ -3,14 +3,18 @@
 `config.yaml` names Parsl classes the way the official endpoint does (``provider: {type:
 SlurmProvider, partition: ..., launcher: {type: SrunLauncher}}``). This module is the one place
 that maps those names to Parsl callables, checks the keys against the callable's signature (so a
-typo is a config error naming the key, not a ``TypeError`` deep inside Parsl), and builds the
-objects. Parsl is imported only when a config actually names one of its types.
+typo is a config error naming the key, not a ``TypeError`` deep inside Parsl) and the values
+against the types Parsl enforces, and builds the objects. Checking builds nothing: only the
+engine, when the endpoint starts, calls `build`. Parsl is imported only when a config actually
+names one of its types.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
+import typing
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -106,6 +110,39 @@ def _value_problem(key: str, value: Any) -> str | None:
     return None
 
 
+@functools.cache
+def _enforced_hints(target: Callable[..., Any]) -> dict[str, Any]:
+    """The argument types ``target`` enforces when called: those of a constructor that
+    typeguard instruments (SlurmProvider, CondorProvider, ...), else none.
+
+    Checking these while a config is checked catches what building the object would refuse,
+    without building it (which may need the cluster: a scheduler, an interface, an SDK).
+    """
+    func = target.__init__ if inspect.isclass(target) else target
+    code = getattr(func, "__code__", None)
+    # typeguard's @typechecked rewrites the function to call into typeguard; plain ones
+    # (LocalProvider, every launcher) take whatever they are given.
+    if code is None or "typeguard" not in code.co_names:
+        return {}
+    try:
+        return typing.get_type_hints(func)
+    except Exception:  # a hint naming something this Parsl cannot resolve: check nothing
+        return {}
+
+
+def _type_problem(target: Callable[..., Any], key: str, value: Any) -> str | None:
+    import typeguard
+
+    hint = _enforced_hints(target).get(key)
+    if hint is None:
+        return None
+    try:
+        typeguard.check_type(value, hint)
+    except typeguard.TypeCheckError as e:
+        return f"wrong type: {e}"
+    return None
+
+
 def check_spec(kind: Kind, spec: Any) -> list[SpecError]:
     """Every problem with ``spec`` (unknown type or key, missing required key), with paths."""
     if isinstance(spec, str) and kind == "address":
@@ -130,7 +167,7 @@ def check_spec(kind: Kind, spec: Any) -> list[SpecError]:
         elif key not in names and not open_kwargs:
             hint = _GONE.get(key) or f"unknown option of {type_name}{did_you_mean(key, names)}"
             errors.append(((key,), hint))
-        elif problem := _value_problem(key, value):
+        elif problem := _value_problem(key, value) or _type_problem(target, key, value):
             errors.append(((key,), problem))
     present = {k for k, v in spec.items() if v is not None}
     errors += [((key,), f"required by {type_name}") for key in sorted(required - present)]

@@ -38,14 +38,17 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from endpoint.containers.codes import CODE_IMAGE_NOT_ALLOWED, CONTAINER_IMAGE_KEY
 from endpoint.errors import ConfigError, LifecycleError
 from endpoint.protocol.messages import ACTOR_INTERCHANGE, STATE_EXEC_END, Result, pack, transition
 from endpoint.protocol.results import env_details
-from endpoint.protocol.serialize import parse_allowlist
 from endpoint.worker.execute import WorkerOptions
+
+if TYPE_CHECKING:
+    # Type-only: Parsl's workers import the engines package and need no pydantic models.
+    from endpoint.config.engines import EngineConfig
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +59,6 @@ CODE_WORKER_LOST = "WorkerLost"
 CODE_RESOURCE_SPEC = "ResourceSpecificationNotSupported"
 CODE_ENGINE_FAILURE = "EngineFailure"
 STATE_WAITING_FOR_LAUNCH = "waiting-for-launch"
-DEFAULT_WORKING_DIR = "tasks_working_dir"
-DEFAULT_RESULT_SIZE_LIMIT = 10 * 1024 * 1024
 
 
 @dataclass
@@ -68,18 +69,16 @@ class TaskSubmission:
     resource_specification: dict[str, Any] | None = None
 
 
+@dataclass(frozen=True)
+class Failure:
+    """An engine's failure: the error code its tasks' results carry, and the reason."""
+
+    code: str
+    reason: str
+
+
 class Engine(ABC):
     """Runs tasks; every submitted task gets exactly one Result through `on_result`."""
-
-    @classmethod
-    def passthrough_options(cls) -> frozenset[str]:
-        """Options accepted through ``**kwargs`` and handed on to another library.
-
-        `build_engine` checks config keys against ``__init__`` signatures; an engine that
-        forwards options it does not list itself (GlobusComputeEngine hands them to Parsl)
-        names them here so that a typo is still caught before anything starts.
-        """
-        return frozenset()
 
     def inflight_target(self) -> int:
         """How many tasks the endpoint should keep submitted to this engine.
@@ -88,13 +87,6 @@ class Engine(ABC):
         tasks (GlobusComputeEngine's batches) want more. Re-read as workers come and go.
         """
         return max(4, 2 * int(self.status().get("total_workers") or 1))
-
-    def broken(self) -> str | None:
-        """Why this engine can no longer run tasks, or None while it can.
-
-        The runtime replaces a broken engine with a fresh one (within a restart budget).
-        """
-        return None
 
     @abstractmethod
     def start(self, *, endpoint_id: str, run_dir: Path, on_result: ResultCallback) -> None:
@@ -108,8 +100,13 @@ class Engine(ABC):
         """
         return True
 
-    def failure(self) -> tuple[str, str] | None:
-        """(error code, reason) once the engine can no longer run tasks, else None."""
+    def failure(self) -> Failure | None:
+        """Why this engine can no longer run tasks (its interchange died, every block failed,
+        its container's worker never answered), or None while it can.
+
+        The one way to ask: the runtime replaces a failed engine with a fresh one (within a
+        restart budget), a `RoutingEngine` replaces a failed pool. Wrappers forward it.
+        """
         return None
 
     @abstractmethod
@@ -202,48 +199,22 @@ def available_mem_gib() -> float:
         return 0.0
 
 
-def _non_negative_int(key: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"{key} must be a non-negative integer, got {value!r}")
-    return value
-
-
-def _positive_int(key: str, value: Any) -> int:
-    if _non_negative_int(key, value) == 0:
-        raise ConfigError(f"{key} must be at least 1, got {value!r}")
-    return int(value)
-
-
 class TaskEngine(Engine):
     """Configuration and bookkeeping every engine shares: the task working directory,
-    sandboxing, the serializer allowlist, retries and the result size limit."""
+    sandboxing, the serializer allowlist, retries and the result size limit.
 
-    def __init__(
-        self,
-        *,
-        label: str | None = None,
-        working_dir: str | os.PathLike[str] = DEFAULT_WORKING_DIR,
-        run_in_sandbox: bool = False,
-        allowed_serializers: list[str] | None = None,
-        max_retries_on_system_failure: int = 0,
-        result_size_limit: int = DEFAULT_RESULT_SIZE_LIMIT,
-    ) -> None:
-        self.label = label or type(self).__name__
-        if not isinstance(working_dir, str | os.PathLike) or not str(working_dir):
-            raise ConfigError(f"working_dir must be a path, got {working_dir!r}")
-        self.working_dir = Path(working_dir)
-        if not isinstance(run_in_sandbox, bool):
-            raise ConfigError(f"run_in_sandbox must be true or false, got {run_in_sandbox!r}")
-        self.run_in_sandbox = run_in_sandbox
-        self.allowed_serializers: tuple[str, ...] | None = None
-        if allowed_serializers is not None:
-            # Validate now so a bad config fails at startup, not on the first task.
-            parse_allowlist(allowed_serializers)
-            self.allowed_serializers = tuple(allowed_serializers)
-        self.max_retries = _non_negative_int(
-            "max_retries_on_system_failure", max_retries_on_system_failure
-        )
-        self.result_size_limit = _positive_int("result_size_limit", result_size_limit)
+    ``config`` is the validated engine model (`endpoint.config.engines`): its fields are
+    already checked and carry the defaults, so nothing is checked or defaulted here.
+    """
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.label = config.label or type(self).__name__
+        self.working_dir = Path(config.working_dir)
+        self.run_in_sandbox = config.run_in_sandbox
+        serializers = config.allowed_serializers
+        self.allowed_serializers = None if serializers is None else tuple(serializers)
+        self.max_retries = config.max_retries_on_system_failure
+        self.result_size_limit = config.result_size_limit
         self.endpoint_id = ""
         self._on_result: ResultCallback | None = None
         self._options: WorkerOptions | None = None
@@ -300,9 +271,10 @@ class TaskEngine(Engine):
 class PoolEngine(TaskEngine):
     """Status and refusals shared by the thread and process engines."""
 
-    def __init__(self, *, max_workers: int, **kwargs: Any) -> None:
-        self.max_workers = _positive_int("max_workers", max_workers)
-        super().__init__(**kwargs)
+    def __init__(self, config: EngineConfig, *, max_workers: int) -> None:
+        """``max_workers``: the model's, or the engine's own default where it leaves it None."""
+        self.max_workers = max_workers
+        super().__init__(config)
 
     def _refusal(self, task: TaskSubmission) -> bytes | None:
         """An error Result for a task this engine cannot run, or None."""

@@ -1,4 +1,9 @@
-"""`build_engine`: the config's ``engine`` mapping made into an engine.
+"""`build_engine`: a validated engine model (a config's ``engine``) made into an engine.
+
+The model (`endpoint.config.engines`, `endpoint.config.htex`) is the one place that checks an
+engine's options and holds their defaults; engines read its fields and check nothing again.
+Building may still fail for reasons only the host knows (a network interface that is not
+there, a cloud SDK that is not installed): those are `ConfigError`s naming the engine.
 
 Implementations are imported only when built, so that importing this module (or any engine's
 interface) loads no Parsl, docker or process-pool code.
@@ -7,11 +12,14 @@ interface) loads no Parsl, docker or process-pool code.
 from __future__ import annotations
 
 import importlib
-import inspect
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from endpoint.engines.base import Engine
+from endpoint.engines.base import TaskEngine
 from endpoint.errors import ConfigError
+
+if TYPE_CHECKING:
+    from endpoint.config.engines import EngineConfig
+    from endpoint.engines.base import Engine
 
 #: Engine classes by the config's ``type`` value.
 ENGINE_TYPES: dict[str, str] = {
@@ -22,51 +30,28 @@ ENGINE_TYPES: dict[str, str] = {
 }
 
 
-def engine_class(kind: str) -> type[Engine]:
+def engine_class(kind: str) -> type[TaskEngine]:
     cls = getattr(importlib.import_module(ENGINE_TYPES[kind]), kind)
-    assert isinstance(cls, type) and issubclass(cls, Engine)
+    assert isinstance(cls, type) and issubclass(cls, TaskEngine)
     return cls
 
 
-def build_engine(spec: dict[str, Any]) -> Engine:
-    """Build the engine a config's ``engine:`` mapping describes (``type`` plus kwargs).
+def build_engine(config: EngineConfig) -> Engine:
+    """Build (not start) the engine a validated ``engine:`` model describes.
 
     With ``container_routing`` the result is a `RoutingEngine` around the configured engine
     (`endpoint.engines.routing`).
     """
-    if not isinstance(spec, dict):
-        raise ConfigError(f"engine must be a mapping with a 'type' key, got {spec!r}")
-    kwargs = dict(spec)
-    kind = kwargs.pop("type", None)
-    from endpoint.engines.routing import ROUTING_KEYS, build_routing_engine
+    from endpoint.engines.routing import build_routing_engine
 
-    routing = {key: kwargs.pop(key) for key in ROUTING_KEYS if key in kwargs}
-    if not isinstance(kind, str) or kind not in ENGINE_TYPES:
-        raise ConfigError(
-            f"engine.type {kind!r} is not supported; valid types: {', '.join(ENGINE_TYPES)}"
-        )
-    cls = engine_class(kind)
-    accepted = engine_options(cls)
-    for key in kwargs:
-        if key not in accepted:
-            raise ConfigError(
-                f"engine.{key} is not an option of {kind}; valid options: "
-                f"{', '.join(sorted(accepted))}"
-            )
     try:
-        return build_routing_engine(cls, kwargs, routing)
+        return build_routing_engine(engine_class(config.type), config)
     except ConfigError as e:
-        raise ConfigError(f"engine ({kind}): {e}") from e
+        raise ConfigError(f"engine ({config.type}): {e}") from e
 
 
-def engine_options(cls: type[Engine]) -> set[str]:
-    """The keyword options `cls` accepts, following ``**kwargs`` up the class hierarchy."""
-    names: set[str] = set(cls.passthrough_options())
-    for klass in cls.__mro__:
-        if "__init__" not in vars(klass):
-            continue
-        params = inspect.signature(vars(klass)["__init__"]).parameters.values()
-        names |= {p.name for p in params if p.kind == p.KEYWORD_ONLY}
-        if not any(p.kind == p.VAR_KEYWORD for p in params):
-            break
-    return names
+def build_engine_from_dict(spec: dict[str, Any]) -> Engine:
+    """Validate ``spec`` as a config file's ``engine:`` mapping, then build it (tests, tools)."""
+    from endpoint.config.loader import load_engine
+
+    return build_engine(load_engine(spec))

@@ -35,7 +35,7 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from endpoint.containers.codes import (
     CODE_CONTAINER_FAILED,
@@ -46,14 +46,17 @@ from endpoint.containers.spec import container_spec
 from endpoint.engines.base import (
     CODE_ENGINE_FAILURE,
     CODE_WORKER_LOST,
+    Failure,
     PoolEngine,
     ResultCallback,
     TaskSubmission,
-    _positive_int,
     engine_error_result,
 )
 from endpoint.engines.process_launch import ContainerLauncher, LocalLauncher, worker_env
 from endpoint.errors import ContainerError, ImageNotFound, LifecycleError
+
+if TYPE_CHECKING:
+    from endpoint.config.engines import ProcessPoolEngineConfig
 
 log = logging.getLogger(__name__)
 
@@ -101,25 +104,12 @@ def default_process_workers() -> int:
 
 
 class ProcessPoolEngine(PoolEngine):
-    def __init__(
-        self,
-        *,
-        max_workers: int | None = None,
-        max_tasks_per_child: int | None = None,
-        container_type: str | None = None,
-        container_uri: str | None = None,
-        container_cmd_options: str | None = None,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, config: ProcessPoolEngineConfig) -> None:
+        workers = config.max_workers
         super().__init__(
-            max_workers=default_process_workers() if max_workers is None else max_workers,
-            **kwargs,
+            config, max_workers=default_process_workers() if workers is None else workers
         )
-        self.max_tasks_per_child = (
-            None
-            if max_tasks_per_child is None
-            else _positive_int("max_tasks_per_child", max_tasks_per_child)
-        )
+        self.max_tasks_per_child = config.max_tasks_per_child
         self._queue: deque[_Job] = deque()
         self._immediate: list[tuple[str, bytes]] = []
         self._workers: list[_Worker] = []
@@ -135,7 +125,9 @@ class ProcessPoolEngine(PoolEngine):
         self._broken_code = CODE_ENGINE_FAILURE
         self._ready = threading.Event()  # a worker said hello, or the pool failed
         self._thread: threading.Thread | None = None
-        spec = container_spec(container_type, container_uri, container_cmd_options)
+        spec = container_spec(
+            config.container_type, config.container_uri, config.container_cmd_options
+        )
         self.container = spec
         # Late-bound so that tests can swap the environment workers get.
         local = LocalLauncher(env=lambda: _worker_env())
@@ -203,9 +195,9 @@ class ProcessPoolEngine(PoolEngine):
     def wait_ready(self, timeout: float) -> bool:
         return self._ready.wait(timeout)
 
-    def failure(self) -> tuple[str, str] | None:
-        broken = self._broken
-        return None if broken is None else (self._broken_code, broken)
+    def failure(self) -> Failure | None:
+        broken, code = self._broken, self._broken_code
+        return None if broken is None else Failure(code, broken)
 
     def _dispatcher_alive(self) -> bool:
         return self._thread is None or self._thread.is_alive()

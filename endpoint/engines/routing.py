@@ -33,11 +33,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from endpoint.config.containers import ContainerSettings
+from endpoint.config.engines import EngineConfig
+from endpoint.config.htex import ParslEngineConfig
 from endpoint.containers.codes import CODE_CONTAINER_FAILED, CONTAINER_IMAGE_KEY
 from endpoint.containers.router import (
-    DEFAULT_MAX_IDLETIME,
-    DEFAULT_MAX_WARM,
-    DEFAULT_POOL_WORKERS,
     Action,
     Dispatch,
     Refuse,
@@ -50,9 +50,10 @@ from endpoint.containers.spec import check_image
 from endpoint.engines.base import (
     CODE_RESOURCE_SPEC,
     Engine,
+    Failure,
     ResultCallback,
+    TaskEngine,
     TaskSubmission,
-    _positive_int,
     engine_error_result,
 )
 from endpoint.errors import ConfigError, LifecycleError
@@ -68,95 +69,54 @@ TICK_S = 1.0
 ROUTER_LOOKAHEAD = 1024
 
 
-#: Engine options that configure routing (consumed here, never passed to an engine).
-ROUTING_KEYS = (
-    "container_routing",
-    "max_warm_containers",
-    "container_max_idletime",
-    "container_images",
-    "container_workers",
-)
-_DEFAULTS: dict[str, Any] = {
-    "max_warm_containers": DEFAULT_MAX_WARM,
-    "container_max_idletime": DEFAULT_MAX_IDLETIME,
-    "container_workers": DEFAULT_POOL_WORKERS,
-}
-#: Engine types whose pools can run in containers.
-ROUTABLE = ("ProcessPoolEngine", "GlobusComputeEngine")
+def routing_settings(config: EngineConfig) -> tuple[RoutingSettings, int] | None:
+    """(settings, workers per pool) from a validated engine model; None: no routing.
 
-
-def routing_settings(kind: str, options: dict[str, Any]) -> tuple[RoutingSettings, int] | None:
-    """(settings, workers per pool) from an engine's routing options; None: no routing.
-
-    The config model reports the same problems with line numbers; these checks cover
-    engines built from Python.
+    The model has checked the routing keys (`endpoint.config.containers.routing_issues`).
     """
-    mode = options.get("container_routing")
-    if mode is None:
-        stray = sorted(k for k in ROUTING_KEYS if options.get(k) not in (None, _DEFAULTS.get(k)))
-        if stray:
-            raise ConfigError(f"{', '.join(stray)}: no effect without container_routing")
+    if not isinstance(config, ContainerSettings) or config.container_routing is None:
         return None
-    if mode not in ("soft", "hard"):
-        raise ConfigError(f"container_routing must be soft or hard, got {mode!r}")
-    if kind not in ROUTABLE:
-        raise ConfigError(f"container_routing needs {' or '.join(ROUTABLE)}, not {kind}")
-    images = options.get("container_images") or []
-    if not isinstance(images, list | tuple) or not all(isinstance(i, str) and i for i in images):
-        raise ConfigError(f"container_images must be a list of image names, got {images!r}")
-    if mode == "hard" and not images:
-        raise ConfigError("container_routing hard needs container_images (the static pools)")
     settings = RoutingSettings(
-        mode=mode,
-        max_warm=_positive_int("max_warm_containers", _option(options, "max_warm_containers")),
-        max_idletime=_seconds("container_max_idletime", options.get("container_max_idletime")),
-        images=tuple(dict.fromkeys(images)),
+        mode=config.container_routing,
+        max_warm=config.max_warm_containers,
+        max_idletime=config.container_max_idletime,
+        images=tuple(dict.fromkeys(config.container_images or [])),
     )
-    return settings, _positive_int("container_workers", _option(options, "container_workers"))
-
-
-def _option(options: dict[str, Any], key: str) -> Any:
-    value = options.get(key)
-    return _DEFAULTS[key] if value is None else value
-
-
-def _seconds(key: str, value: Any) -> float:
-    if value is None:
-        return RoutingSettings.max_idletime
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ConfigError(f"{key} must be a number of seconds >= 0, got {value!r}")
-    return float(value)
+    return settings, config.container_workers
 
 
 @dataclass
 class PoolFactory:
-    """Builds the engine for one image pool from the configured engine's options."""
+    """Builds the engine for one image pool from the configured engine's model."""
 
-    engine_cls: type[Engine]
-    options: dict[str, Any]
+    engine_cls: type[TaskEngine]
+    config: EngineConfig
     workers: int
 
     @property
     def default_image(self) -> str | None:
-        image = self.options.get("container_uri")
-        return image if isinstance(image, str) else None
+        return getattr(self.config, "container_uri", None)
 
     def build(self, image: str, pool_id: str) -> Engine:
-        from endpoint.engines.htex.config import DEFAULT_PROVIDER
-        from endpoint.engines.htex.engine import GlobusComputeEngine
-
-        options = dict(self.options)
-        label = options.get("label") or self.engine_cls.__name__
-        options.update(container_uri=image, label=f"{label}-{pool_id}")
-        if issubclass(self.engine_cls, GlobusComputeEngine):
-            provider = dict(options.get("provider") or DEFAULT_PROVIDER)
+        label = self.config.label or self.engine_cls.__name__
+        # Validated once, as a whole: only the pool's image, label and size differ.
+        update: dict[str, Any] = {
+            "container_uri": image,
+            "label": f"{label}-{pool_id}",
+            "container_routing": None,
+        }
+        if isinstance(self.config, ParslEngineConfig):
             # Exactly one block, kept while the pool lives: the router retires pools, not
             # Parsl's idle scale-in.
-            provider.update(init_blocks=1, min_blocks=1, max_blocks=1)
-            options.update(provider=provider, max_workers_per_node=self.workers)
+            blocks = {"init_blocks": 1, "min_blocks": 1, "max_blocks": 1}
+            update["provider"] = {**self.config.provider, **blocks}
+            update["htex_options"] = {
+                **self.config.htex_options,
+                "max_workers_per_node": self.workers,
+            }
         else:
-            options["max_workers"] = self.workers
-        return self.engine_cls(**options)
+            update["max_workers"] = self.workers
+        return self.engine_cls(self.config.model_copy(update=update))
 
 
 def split_image(task: TaskSubmission) -> tuple[str | None, TaskSubmission, str | None]:
@@ -256,7 +216,8 @@ class RoutingEngine(Engine):
         routing["workers_per_pool"] = self.factory.workers
         return {**self.default.status(), "containers": routing}
 
-    def failure(self) -> tuple[str, str] | None:
+    def failure(self) -> Failure | None:
+        # The default pool is the engine the runtime built; image pools are replaced here.
         return self.default.failure()
 
     def wait_ready(self, timeout: float) -> bool:
@@ -319,7 +280,8 @@ class RoutingEngine(Engine):
                 actions = self._router.pool_ready(action.pool_id, engine.inflight_target(), now)
                 orphan = None
             else:
-                code, message = failure or (CODE_CONTAINER_FAILED, "unknown failure")
+                failure = failure or Failure(CODE_CONTAINER_FAILED, "unknown failure")
+                code, message = failure.code, failure.reason
                 actions = self._router.pool_failed(action.pool_id, code, message, now)
                 orphan = engine
             self._lock.notify_all()
@@ -327,7 +289,7 @@ class RoutingEngine(Engine):
             orphan.shutdown(wait=False)  # it never received a task
         self._execute([a for a in actions if not _retires(a, action.pool_id)])
 
-    def _start_pool(self, action: StartPool) -> tuple[Engine | None, tuple[str, str] | None]:
+    def _start_pool(self, action: StartPool) -> tuple[Engine | None, Failure | None]:
         began = time.monotonic()
         engine: Engine | None = None
         try:
@@ -337,10 +299,11 @@ class RoutingEngine(Engine):
             ready = engine.wait_ready(POOL_READY_TIMEOUT_S)
         except Exception as e:
             log.warning("%s: cannot start a pool for %s: %s", self.label, action.image, e)
-            return engine, (CODE_CONTAINER_FAILED, f"cannot start a pool for {action.image}: {e}")
+            why = f"cannot start a pool for {action.image}: {e}"
+            return engine, Failure(CODE_CONTAINER_FAILED, why)
         failure = engine.failure()
         if failure is None and not ready:
-            failure = (
+            failure = Failure(
                 CODE_CONTAINER_FAILED,
                 f"the pool for {action.image} was not ready within {POOL_READY_TIMEOUT_S:g} s",
             )
@@ -365,7 +328,7 @@ class RoutingEngine(Engine):
             actions = self._router.finished(pool_id, now)
             failure = engine.failure() if engine is not None else None
             if failure is not None:  # the pool broke while running: replace it on demand
-                actions += self._router.pool_failed(pool_id, *failure, now)
+                actions += self._router.pool_failed(pool_id, failure.code, failure.reason, now)
             self._lock.notify_all()
         self._execute(actions)
 
@@ -392,32 +355,24 @@ def _retires(action: Action[TaskSubmission], pool_id: str) -> bool:
     return isinstance(action, RetirePool) and action.pool_id == pool_id
 
 
-def build_routing_engine(
-    cls: type[Engine], options: dict[str, Any], routing: dict[str, Any]
-) -> Engine:
-    """The configured engine, wrapped in a RoutingEngine when ``routing`` asks for one.
+def build_routing_engine(cls: type[TaskEngine], config: EngineConfig) -> Engine:
+    """The configured engine, wrapped in a RoutingEngine when ``config`` asks for one.
 
     With routing, ``container_type`` (and ``container_cmd_options``) describe how every
     image pool runs; ``container_uri`` is optional and, when given, puts the default pool
     in that image too.
     """
-    found = routing_settings(cls.__name__, routing)
+    found = routing_settings(config)
     if found is None:
-        return cls(**options)
-    kind = options.get("container_type")
-    if kind is None or kind == "custom":
-        raise ConfigError(
-            "container_routing needs an image-based container_type (docker, podman,"
-            " podman-hpc, apptainer or singularity) to run each image's pool"
-        )
-    default_options = dict(options)
-    if not options.get("container_uri"):
+        return cls(config)
+    default = config
+    if not getattr(config, "container_uri", None):
         # No default image: tasks without container_image run outside containers.
-        default_options.pop("container_type")
-        default_options.pop("container_cmd_options", None)
+        outside = {"container_type": None, "container_cmd_options": None}
+        default = config.model_copy(update=outside)
     settings, workers = found
-    factory = PoolFactory(cls, options, workers)
-    return RoutingEngine(default=cls(**default_options), factory=factory, settings=settings)
+    factory = PoolFactory(cls, config, workers)
+    return RoutingEngine(default=cls(default), factory=factory, settings=settings)
 
 
-__all__ = ["ROUTING_KEYS", "PoolFactory", "RoutingEngine", "build_routing_engine", "split_image"]
+__all__ = ["PoolFactory", "RoutingEngine", "build_routing_engine", "split_image"]

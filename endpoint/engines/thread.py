@@ -11,7 +11,7 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from endpoint.engines.base import (
     CODE_ENGINE_FAILURE,
@@ -23,6 +23,9 @@ from endpoint.engines.base import (
 from endpoint.errors import LifecycleError
 from endpoint.worker.execute import execute_task
 
+if TYPE_CHECKING:
+    from endpoint.config.engines import ThreadPoolEngineConfig
+
 log = logging.getLogger(__name__)
 
 
@@ -32,10 +35,10 @@ def default_thread_workers() -> int:
 
 
 class ThreadPoolEngine(PoolEngine):
-    def __init__(self, *, max_workers: int | None = None, **kwargs: Any) -> None:
+    def __init__(self, config: ThreadPoolEngineConfig) -> None:
+        workers = config.max_workers
         super().__init__(
-            max_workers=default_thread_workers() if max_workers is None else max_workers,
-            **kwargs,
+            config, max_workers=default_thread_workers() if workers is None else workers
         )
         self._pool: ThreadPoolExecutor | None = None
         self._pending = 0

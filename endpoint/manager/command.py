@@ -14,11 +14,11 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from endpoint.amqp import MessageProperties
+from endpoint.amqp.queues import AmqpCreds
+from endpoint.amqp.session import MessageProperties
 from endpoint.errors import CommandRefused, ProtocolError
 from endpoint.host.dirs import validate_name
 from endpoint.manager.identity import identities_of
-from endpoint.protocol.pipe import check_creds
 
 JSON = "application/json"
 START = "cmd_start_endpoint"
@@ -30,7 +30,7 @@ _COMMAND = re.compile(r"^cmd_[A-Za-z][0-9A-Za-z_]{0,99}$")
 class Refusal(CommandRefused):
     """A refused command, with the credentials its failure report goes to (if readable)."""
 
-    def __init__(self, message: str, creds: dict[str, Any] | None = None) -> None:
+    def __init__(self, message: str, creds: AmqpCreds | None = None) -> None:
         super().__init__(message)
         self.creds = creds
 
@@ -39,7 +39,7 @@ class Refusal(CommandRefused):
 class StartRequest:
     name: str
     endpoint_id: str
-    amqp_creds: dict[str, Any]
+    amqp_creds: AmqpCreds
     user_opts: dict[str, Any]
     user_runtime: dict[str, Any]
     identities: list[dict[str, Any]]
@@ -59,15 +59,13 @@ class StartRequest:
         return str(value) if value else None
 
 
-def _creds_of(doc: Any) -> dict[str, Any] | None:
+def _creds_of(doc: Any) -> AmqpCreds | None:
     kwargs = doc.get("kwargs") if isinstance(doc, dict) else None
     creds = kwargs.get("amqp_creds") if isinstance(kwargs, dict) else None
     try:
-        check_creds(creds)
+        return AmqpCreds.parse(creds)
     except ProtocolError:
         return None
-    assert isinstance(creds, dict)
-    return creds
 
 
 def _decode(body: bytes) -> dict[str, Any]:
@@ -80,7 +78,7 @@ def _decode(body: bytes) -> dict[str, Any]:
     return doc
 
 
-def _check_envelope(props: MessageProperties, now: float, creds: dict[str, Any] | None) -> None:
+def _check_envelope(props: MessageProperties, now: float, creds: AmqpCreds | None) -> None:
     if props.content_type != JSON:
         raise Refusal(f"command content_type is {props.content_type!r}, not {JSON!r}", creds)
     ts = props.timestamp
@@ -94,7 +92,7 @@ def _check_envelope(props: MessageProperties, now: float, creds: dict[str, Any] 
         )
 
 
-def _dict(kwargs: dict[str, Any], key: str, creds: dict[str, Any]) -> dict[str, Any]:
+def _dict(kwargs: dict[str, Any], key: str, creds: AmqpCreds) -> dict[str, Any]:
     value = kwargs.get(key)
     if value is None:
         return {}
@@ -103,7 +101,7 @@ def _dict(kwargs: dict[str, Any], key: str, creds: dict[str, Any]) -> dict[str, 
     return value
 
 
-def _start_request(doc: dict[str, Any], creds: dict[str, Any], debug: bool) -> StartRequest:
+def _start_request(doc: dict[str, Any], creds: AmqpCreds, debug: bool) -> StartRequest:
     kwargs = doc.get("kwargs")
     assert isinstance(kwargs, dict)  # _creds_of found the creds inside it
     try:
@@ -117,7 +115,7 @@ def _start_request(doc: dict[str, Any], creds: dict[str, Any], debug: bool) -> S
     username = doc.get("globus_username")
     return StartRequest(
         name=name,
-        endpoint_id=str(creds["endpoint_id"]),
+        endpoint_id=creds.endpoint_id,
         amqp_creds=creds,
         user_opts=_dict(kwargs, "user_opts", creds),
         user_runtime=_dict(kwargs, "user_runtime", creds),

@@ -38,7 +38,7 @@ from typing import Any
 import yaml
 
 from endpoint.amqp.pool import SessionFactory, SessionPool
-from endpoint.amqp.queues import QueueInfo
+from endpoint.amqp.queues import AmqpCreds, QueueInfo
 from endpoint.amqp.session import AmqpSession, MessageProperties, Session
 from endpoint.config import ManagerConfig
 from endpoint.errors import ConfigError, EndpointError, SpawnError
@@ -375,7 +375,8 @@ class Manager(EventLoop):
             self.launcher.signal(uep.pid, signal.SIGTERM)
             return
         try:
-            os.write(uep.control_fd, encode({"op": "credentials", "amqp_creds": req.amqp_creds}))
+            refresh = {"op": "credentials", "amqp_creds": req.amqp_creds.to_json()}
+            os.write(uep.control_fd, encode(refresh))
             log.info("user endpoint %s (pid %s): credentials refreshed", uep.endpoint_id, uep.pid)
         except (BlockingIOError, BrokenPipeError) as e:
             log.warning("user endpoint %s: could not refresh credentials: %s", uep.endpoint_id, e)
@@ -490,17 +491,17 @@ class Manager(EventLoop):
         key = key or f"heartbeat:{time.monotonic_ns()}"
         self.hb_session.publish([self.s.heartbeats.outgoing(key, pack(report))])
 
-    def _publish_to(self, creds: dict[str, Any], state: dict[str, Any]) -> None:
+    def _publish_to(self, creds: AmqpCreds, state: dict[str, Any]) -> None:
         """A heartbeat for a user endpoint, on the queue its credentials name."""
-        info = QueueInfo.from_service(creds["heartbeat_queue_info"], self.cfg.amqp_port)
-        report = EPStatusReport(endpoint_id=str(creds["endpoint_id"]), global_state=state)
+        info = creds.queues(self.cfg.amqp_port).heartbeats
+        report = EPStatusReport(endpoint_id=creds.endpoint_id, global_state=state)
         out = info.outgoing(f"uep-status:{time.monotonic_ns()}", pack(report))
         if info.connection_url == self.hb_session.url:
             self.hb_session.publish([out])
             return
         threading.Thread(target=_publish_once, args=(info, out), daemon=True).start()
 
-    def _report_failure(self, creds: dict[str, Any], message: str) -> None:
+    def _report_failure(self, creds: AmqpCreds, message: str) -> None:
         self._publish_to(creds, {"error": message, "heartbeat_period": FAILURE_PERIOD})
 
     def _report_inactive(self, uep: UserEndpoint, status: int | None) -> None:

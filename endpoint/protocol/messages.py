@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from endpoint.errors import ProtocolError
 
@@ -184,7 +184,10 @@ def unpack(raw: bytes) -> Message:
     return decoder(doc["data"])
 
 
-def unpack_as(raw: bytes, kind: type[Message]) -> Any:
+M = TypeVar("M", bound="Message")
+
+
+def unpack_as(raw: bytes, kind: type[M]) -> M:
     """Decode and insist on one message type."""
     msg = unpack(raw)
     if not isinstance(msg, kind):

@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from endpoint.amqp.queues import check_creds
+from endpoint.amqp.queues import AmqpCreds
 from endpoint.errors import EndpointError, ProtocolError
 from endpoint.host.dirs import validate_name
 
@@ -26,15 +26,14 @@ class LaunchDoc:
     name: str
     endpoint_id: str
     config: str
-    amqp_creds: dict[str, Any]
+    amqp_creds: AmqpCreds
     allowed_functions: list[str] | None = None
     ep_info: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, doc: dict[str, Any]) -> LaunchDoc:
         try:
-            creds = doc["amqp_creds"]
-            check_creds(creds)
+            creds = AmqpCreds.parse(doc["amqp_creds"])
             return cls(
                 name=validate_name(str(doc["name"])),
                 endpoint_id=str(doc["endpoint_id"]),
@@ -52,7 +51,7 @@ class LaunchDoc:
             "name": self.name,
             "endpoint_id": self.endpoint_id,
             "config": self.config,
-            "amqp_creds": self.amqp_creds,
+            "amqp_creds": self.amqp_creds.to_json(),
             "allowed_functions": self.allowed_functions,
             "ep_info": self.ep_info,
         }
@@ -83,4 +82,4 @@ class StatusPipe:
         self._send({"error": message})
 
 
-__all__ = ["LaunchDoc", "StatusPipe", "check_creds", "encode"]
+__all__ = ["LaunchDoc", "StatusPipe", "encode"]

@@ -13,6 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -86,19 +87,20 @@ class EndpointRuntime(EventLoop):
         self._engine_generation = 0
         self._engine_restarts: list[float] = []
         self.queues = queues
-        tasks, results, heartbeats = queues.tasks, queues.results, queues.heartbeats
         self.heartbeat_period = settings.heartbeat_period
         self.pid_lock = pid_lock
         self.config_text = config_text
         self.journal = Journal(self.work_dir / "journal.db")
         self._started = time.time()
         self._last_words = ""
-        self._fault = faults.from_env()  # a no-op outside the fault suite (endpoint/faults.py)
+        self._fault = (
+            faults.from_env()
+        )  # a no-op outside the fault suite (endpoint/runtime/faults.py)
         self._last_words_confirmed = threading.Event()
         self.idle = IdleTracker(settings.idle_heartbeats_soft, settings.idle_heartbeats_hard)
         self.title = title or f"Globus Compute Endpoint ({endpoint_id})"
         self.stop_reason = ""
-        # status.json (endpoint/status.py): written only by the loop thread.
+        # status.json (endpoint/host/status.py): written only by the loop thread.
         self._state = "starting"
         self._last_heartbeat: float | None = None
         self.ix = Interchange(
@@ -109,22 +111,30 @@ class EndpointRuntime(EventLoop):
             max_task_size=settings.max_task_size,
             remember_done=max(RECENTLY_DONE, 2 * settings.prefetch_count),
         )
-        # Tasks first: the consuming role configures a session its URL shares with others.
         self._pool = SessionPool(self, sessions)
-        self.consumer = self._pool.session(
-            tasks.connection_url,
-            "amqp-tasks",
-            consume_queue=tasks.queue,
-            prefetch_count=settings.prefetch_count,
-            dead_after=settings.heartbeat_threshold,
-        )
-        self.publisher = self._pool.session(
-            results.connection_url, "amqp-results", dead_after=settings.heartbeat_threshold
-        )
-        self.hb_session = self._pool.session(
-            heartbeats.connection_url, "amqp-heartbeats", dead_after=settings.heartbeat_threshold
-        )
+        self.consumer, self.publisher, self.hb_session = self._sessions(queues, settings)
         self._session_up = {s.name: False for s in self._pool.all()}
+
+    def _sessions(
+        self, queues: EndpointQueues, settings: RuntimeSettings
+    ) -> tuple[Session, Session, Session]:
+        """(tasks, results, heartbeats); roles whose URLs match share one connection."""
+        dead_after = settings.heartbeat_threshold
+        # Tasks first: the consuming role configures a session its URL shares with others.
+        consumer = self._pool.session(
+            queues.tasks.connection_url,
+            "amqp-tasks",
+            consume_queue=queues.tasks.queue,
+            prefetch_count=settings.prefetch_count,
+            dead_after=dead_after,
+        )
+        publisher = self._pool.session(
+            queues.results.connection_url, "amqp-results", dead_after=dead_after
+        )
+        beats = self._pool.session(
+            queues.heartbeats.connection_url, "amqp-heartbeats", dead_after=dead_after
+        )
+        return consumer, publisher, beats
 
     # ---- SessionEvents (called on AMQP I/O threads) ---------------------------------------
     def on_connected(self, session: Session, generation: int) -> None:
@@ -161,27 +171,30 @@ class EndpointRuntime(EventLoop):
             on_result=self._results_of(self._engine_generation),
         )
 
-    def _check_engine(self) -> None:
-        """Replace a broken engine (its interchange died, every block failed, ...)."""
-        reason = self.engine.broken()
-        if reason is None or self.engine_factory is None:
+    def _check_engine(self, unsubmitted: AbstractSet[str] = frozenset()) -> None:
+        """Replace a broken engine (its interchange died, every block failed, ...).
+
+        Its running tasks are lost with it, except `unsubmitted`: tasks the interchange
+        already counts as running but that are about to be handed to the new engine."""
+        failure = self.engine.failure()
+        if failure is None or self.engine_factory is None:
             return
         now = time.monotonic()
         self._engine_restarts = [t for t in self._engine_restarts if now - t < RESTART_WINDOW_S]
         if len(self._engine_restarts) >= MAX_ENGINE_RESTARTS:
             return  # the broken engine answers every task with its reason, fast
         self._engine_restarts.append(now)
-        log.error("engine failed (%s); starting a new one", reason)
+        log.error("engine failed (%s); starting a new one", failure.reason)
         old, self._engine_generation = self.engine, self._engine_generation + 1
         old.shutdown(wait=False)
-        running = sorted(self.ix.running)
+        running = sorted(self.ix.running - unsubmitted)
         # Start the new engine first: failing the lost tasks frees window slots, and the
         # tasks that fill them must go to an engine that can run them.
         self.engine = self.engine_factory()
         self._start_engine()
         self._refresh_window()
-        message = f"the engine failed: {reason}"
-        lost = [(t, error_result(t, "EngineFailure", message, self.endpoint_id)) for t in running]
+        message = f"the engine failed: {failure.reason}"
+        lost = [(t, error_result(t, failure.code, message, self.endpoint_id)) for t in running]
         self._execute(self.ix.on_results(lost))
 
     # ---- lifecycle ------------------------------------------------------------------------
@@ -269,20 +282,33 @@ class EndpointRuntime(EventLoop):
                 log.error("unknown event %r", ev)
 
     def _execute(self, plan: Plan) -> None:
+        """Carry out a plan in the order the promises need: journal, then ack, then
+        publish (a result is journaled before it leaves), then hand tasks to the engine."""
         if plan.add_tasks:
             self._fault("delivered")
         if plan.journal_writes:
-            started = set(plan.started)
-            added = {t.task_id for t in plan.add_tasks}
-            with self.journal.batch() as b:
-                b.add_tasks(plan.add_tasks, started)
-                b.mark_started(started - added)
-                b.set_results(plan.results)
-                b.forget(plan.forget)
-            if plan.add_tasks:
-                self._fault("journaled")
-            if plan.results:
-                self._fault("result-journaled")
+            self._journal(plan)
+        self._acknowledge(plan)
+        if plan.publish:
+            self.publisher.publish([self.queues.results.outgoing(k, b) for k, b in plan.publish])
+            self._fault("published")
+        if plan.submit:
+            self._submit(plan)
+
+    def _journal(self, plan: Plan) -> None:
+        started = set(plan.started)
+        added = {t.task_id for t in plan.add_tasks}
+        with self.journal.batch() as b:
+            b.add_tasks(plan.add_tasks, started)
+            b.mark_started(started - added)
+            b.set_results(plan.results)
+            b.forget(plan.forget)
+        if plan.add_tasks:
+            self._fault("journaled")
+        if plan.results:
+            self._fault("result-journaled")
+
+    def _acknowledge(self, plan: Plan) -> None:
         for generation, tag in plan.rejects:
             self.consumer.reject(generation, tag)
         latest: dict[int, int] = {}
@@ -292,25 +318,20 @@ class EndpointRuntime(EventLoop):
             self.consumer.ack(generation, tag, multiple=True)
         if latest:
             self._fault("acked")
-        if plan.publish:
-            self.publisher.publish([self.queues.results.outgoing(k, b) for k, b in plan.publish])
-            self._fault("published")
-        if plan.submit and self.engine.broken() is not None:
-            self._check_engine()  # replace it before handing it more tasks, if the budget allows
+
+    def _submit(self, plan: Plan) -> None:
+        if self.engine.failure() is not None:
+            # Replace it before handing it more tasks (if the budget allows); this plan's tasks
+            # never reached it and go to the new engine.
+            self._check_engine({s.task_id for s in plan.submit})
         for sub in plan.submit:
             try:
                 self.engine.submit(sub)
             except Exception as e:  # an engine that refuses must not take the loop down
                 log.exception("engine refused task %s", sub.task_id)
-                self._on_result(
-                    sub.task_id,
-                    error_result(
-                        sub.task_id,
-                        "UNKNOWN_TASK_FAILURE",
-                        f"failed to start task: {e!r}",
-                        self.endpoint_id,
-                    ),
-                )
+                why = f"failed to start task: {e!r}"
+                packed = error_result(sub.task_id, "UNKNOWN_TASK_FAILURE", why, self.endpoint_id)
+                self._on_result(sub.task_id, packed)
 
     # ---- heartbeats ---------------------------------------------------------------------
     def _heartbeat(self, active: bool) -> None:

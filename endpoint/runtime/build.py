@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 from endpoint.amqp.pool import SessionFactory
-from endpoint.amqp.queues import EndpointQueues
+from endpoint.amqp.queues import AmqpCreds
 from endpoint.amqp.session import AmqpSession
 from endpoint.config import EndpointConfig
 from endpoint.engines.base import Engine
@@ -24,7 +23,7 @@ from endpoint.runtime.settings import RuntimeSettings
 
 def new_engine(cfg: EndpointConfig) -> Engine:
     """Built, not started: engines start no process or thread before `start` (fork-safe)."""
-    return build_engine(cfg.engine.engine_spec())
+    return build_engine(cfg.engine)
 
 
 def build_runtime(
@@ -34,23 +33,22 @@ def build_runtime(
     ep_dir: Path,
     config: EndpointConfig,
     config_text: str,
-    queues: dict[str, Any],
+    creds: AmqpCreds,
     pid_lock: PidLock | None,
     engine: Engine | None = None,
     allowed_functions: list[str] | None = None,
     sessions: SessionFactory = AmqpSession,
 ) -> EndpointRuntime:
-    """`queues`: the registration's (or `amqp_creds`') three queue infos; `engine`: one
+    """`creds`: the registration's (or a start command's) three queues; `engine`: one
     already built from this config (else built here); `allowed_functions`: a manager's list,
     which wins over the config's."""
     settings = RuntimeSettings.from_config(config, allowed_functions)
-    spec = config.engine.engine_spec()
     return EndpointRuntime(
         endpoint_id=endpoint_id,
         ep_dir=ep_dir,
-        engine=engine if engine is not None else build_engine(spec),
-        engine_factory=partial(build_engine, spec),
-        queues=EndpointQueues.from_service(queues, settings.amqp_port),
+        engine=engine if engine is not None else build_engine(config.engine),
+        engine_factory=partial(build_engine, config.engine),
+        queues=creds.queues(settings.amqp_port),
         settings=settings,
         config_text=config_text,
         pid_lock=pid_lock,

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from endpoint.engines.base import TaskSubmission
+from endpoint.protocol.limits import DEFAULT_MAX_TASK_SIZE
 from endpoint.protocol.results import error_result
 from endpoint.runtime.journal import JournaledTask
 
@@ -27,9 +28,6 @@ log = logging.getLogger(__name__)
 #: finished task (the runtime raises it to twice the prefetch count: every delivery that can be
 #: unacked when a connection drops, and so come back after the task finished).
 RECENTLY_DONE = 8192
-#: The largest task body we journal and run, like the worker's limit on results. A bigger one
-#: gets a TaskTooLarge result instead of being stored and unpacked.
-DEFAULT_MAX_TASK_SIZE = 10 * 1024 * 1024
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,9 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
-from endpoint.amqp.queues import check_creds
-from endpoint.amqp.session import with_port
+from endpoint.amqp.queues import AmqpCreds
 from endpoint.config import EndpointConfig
 from endpoint.config.rendered import validate_rendered
 from endpoint.errors import AlreadyRunning, EndpointError, ProtocolError, SetupFailed
@@ -109,7 +108,7 @@ def managed_runtime(p: Prepared) -> EndpointRuntime:
         ep_dir=p.ep_dir,
         config=p.config,
         config_text=doc.config,
-        queues=doc.amqp_creds,
+        creds=doc.amqp_creds,
         pid_lock=p.lock,
         allowed_functions=doc.allowed_functions,
     )
@@ -140,16 +139,17 @@ def finish(p: Prepared) -> None:
 # ---- running ------------------------------------------------------------------------------
 
 
-def apply_credentials(runtime: EndpointRuntime, creds: dict[str, Any], port: int | None) -> None:
+def apply_credentials(runtime: EndpointRuntime, creds: AmqpCreds, port: int | None) -> None:
     """Use refreshed credentials from the next (re)connect on. Tasks last: when the sessions
     are one object, its URL is the task queue's, as when the runtime built it."""
+    queues = creds.queues(port)
     pairs = (
-        (runtime.hb_session, "heartbeat_queue_info"),
-        (runtime.publisher, "result_queue_info"),
-        (runtime.consumer, "task_queue_info"),
+        (runtime.hb_session, queues.heartbeats),
+        (runtime.publisher, queues.results),
+        (runtime.consumer, queues.tasks),
     )
-    for session, key in pairs:
-        session.url = with_port(creds[key]["connection_url"], port)
+    for session, info in pairs:
+        session.url = info.connection_url
 
 
 def watch_control(
@@ -158,11 +158,9 @@ def watch_control(
     """Apply credential refreshes until the manager closes the pipe; then stop."""
     for line in stream:
         try:
-            message = json.loads(line)
-            creds = message["amqp_creds"]
-            check_creds(creds)
-            if creds["endpoint_id"] != endpoint_id:
-                raise ProtocolError(f"credentials for {creds['endpoint_id']}")
+            creds = AmqpCreds.parse(json.loads(line)["amqp_creds"])
+            if creds.endpoint_id != endpoint_id:
+                raise ProtocolError(f"credentials for {creds.endpoint_id}")
         except (ValueError, KeyError, TypeError, ProtocolError) as e:
             log.warning("ignoring a bad control message from the manager: %r", e)
             continue

@@ -45,6 +45,7 @@ from types import FrameType
 from typing import Any
 
 from endpoint.errors import ConfigError, ProtocolError, SerializationError
+from endpoint.protocol.limits import DEFAULT_RESULT_SIZE_LIMIT
 from endpoint.protocol.messages import (
     ACTOR_WORKER,
     STATE_EXEC_END,
@@ -96,7 +97,7 @@ class WorkerOptions:
     run_dir: str  # absolute working dir; the task chdirs here
     run_in_sandbox: bool = False  # chdir to run_dir/<task_id> instead, and set GC_TASK_SANDBOX_DIR
     allowed_serializers: tuple[str, ...] | None = None
-    result_size_limit: int = 10 * 1024 * 1024
+    result_size_limit: int = DEFAULT_RESULT_SIZE_LIMIT
 
 
 class TaskTimedOut(BaseException):

@@ -56,7 +56,7 @@ def sh(*argv: str, check: bool = True, timeout: float = 120, **kw: Any) -> str:
             f"{' '.join(argv)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n"
             f"{proc.stderr[-3000:]}"
         )
-    return proc.stdout
+    return str(proc.stdout)
 
 
 def docker(*args: str, check: bool = True, timeout: float = 120) -> str:

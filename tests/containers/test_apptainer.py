@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from endpoint.engines.base import Engine, TaskSubmission
-from endpoint.engines.build import build_engine
+from endpoint.engines.build import build_engine_from_dict
 from endpoint.engines.routing import RoutingEngine
 from tests.unit.test_engines import EPID, Results, ok, submission
 
@@ -95,7 +95,7 @@ def start(run_dir: Path) -> Iterator[Any]:
 
     def _start(spec: dict[str, Any]) -> tuple[Engine, Results]:
         results = Results()
-        engine = build_engine(spec)
+        engine = build_engine_from_dict(spec)
         engine.start(endpoint_id=EPID, run_dir=run_dir, on_result=results)
         started.append(engine)
         return engine, results

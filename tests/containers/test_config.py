@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from endpoint.config import EndpointConfig, load_config_text
-from endpoint.engines.build import build_engine
+from endpoint.engines.build import build_engine, build_engine_from_dict
 from endpoint.engines.process import ProcessPoolEngine
 from endpoint.engines.routing import RoutingEngine
 from endpoint.errors import ConfigError
@@ -39,7 +39,7 @@ def test_soft_routing_config_builds_a_routing_engine() -> None:
     cfg = config(SOFT)
     spec = cfg.engine.engine_spec()
     assert spec["container_routing"] == "soft" and spec["max_warm_containers"] == 2
-    built = build_engine(spec)
+    built = build_engine(cfg.engine)
     assert isinstance(built, RoutingEngine)
     assert built.settings.max_warm == 2 and built.settings.max_idletime == 30.0
     assert built.factory.workers == 2 and built.factory.default_image is None
@@ -54,7 +54,7 @@ def test_soft_routing_config_builds_a_routing_engine() -> None:
 
 
 def test_gce_pools_are_one_block_each() -> None:
-    built = build_engine(
+    built = build_engine_from_dict(
         {
             "type": "GlobusComputeEngine",
             "container_type": "podman",
@@ -151,16 +151,24 @@ def test_none_strings_mean_unset() -> None:
         ({"container_routing": "hard", "container_type": "docker"}, "needs container_images"),
         (
             {"container_routing": "soft", "container_type": "docker", "container_workers": 0},
-            "at least 1",
+            r"engine\.container_workers: Input should be greater than or equal to 1",
         ),
-        ({"container_routing": "bad", "container_type": "docker"}, "soft or hard"),
+        (
+            {"container_routing": "bad", "container_type": "docker"},
+            r"engine\.container_routing: Input should be 'soft' or 'hard'",
+        ),
     ],
 )
-def test_build_engine_checks_routing_options_too(options: dict[str, Any], message: str) -> None:
+def test_engines_from_python_get_the_same_routing_checks(
+    options: dict[str, Any], message: str
+) -> None:
+    # build_engine_from_dict validates through the config's own model, messages and all.
     with pytest.raises(ConfigError, match=message):
-        build_engine({"type": "ProcessPoolEngine", **options})
+        build_engine_from_dict({"type": "ProcessPoolEngine", **options})
 
 
 def test_thread_engines_cannot_route() -> None:
-    with pytest.raises(ConfigError, match="container_routing needs ProcessPoolEngine or Globus"):
-        build_engine({"type": "ThreadPoolEngine", "container_routing": "soft"})
+    with pytest.raises(
+        ConfigError, match=r"engine\.container_routing: an option of GlobusComputeEngine"
+    ):
+        build_engine_from_dict({"type": "ThreadPoolEngine", "container_routing": "soft"})

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from endpoint.engines.build import build_engine
+from endpoint.engines.build import build_engine_from_dict
 from endpoint.protocol.messages import EPStatusReport, unpack_as
 from endpoint.protocol.serialize import deserialize
 from tests.containers.images import ImageSet
@@ -52,7 +52,7 @@ def test_tasks_run_in_the_image_their_specification_names(
     images: ImageSet,
     tmp_path: Path,
 ) -> None:
-    engine = build_engine(
+    engine = build_engine_from_dict(
         {
             "type": "ProcessPoolEngine",
             "max_workers": 1,

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from endpoint.engines.base import Engine
-from endpoint.engines.build import build_engine
+from endpoint.engines.build import build_engine_from_dict
 from tests.containers.conftest import labelled_containers
 from tests.containers.images import ImageSet
 from tests.unit.test_engines import EPID, Results, add, ok, submission, wait_until
@@ -64,7 +64,7 @@ def engine(images: ImageSet, tmp_path: Path) -> Iterator[tuple[Engine, Results]]
         "container_cmd_options": OPTIONS,
     }
     results = Results()
-    engine = build_engine(spec)
+    engine = build_engine_from_dict(spec)
     engine.start(endpoint_id=EPID, run_dir=tmp_path, on_result=results)
     try:
         yield engine, results

@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
+from endpoint.config.engines import ProcessPoolEngineConfig, ThreadPoolEngineConfig
 from endpoint.containers.router import RoutingSettings
-from endpoint.engines.base import Engine, TaskSubmission
+from endpoint.engines.base import Engine, Failure, TaskSubmission
 from endpoint.engines.routing import PoolFactory, RoutingEngine, split_image
 from endpoint.engines.thread import ThreadPoolEngine
 from tests.unit.test_engines import EPID, Results, add, nap, ok, submission
@@ -22,10 +23,8 @@ from tests.unit.test_engines import EPID, Results, add, nap, ok, submission
 class RecordingPool(ThreadPoolEngine):
     """A pool that remembers its image and tasks, and can fail like a container pool."""
 
-    def __init__(
-        self, image: str, failure: tuple[str, str] | None = None, delay: float = 0.0
-    ) -> None:
-        super().__init__(max_workers=1)
+    def __init__(self, image: str, failure: Failure | None = None, delay: float = 0.0) -> None:
+        super().__init__(ThreadPoolEngineConfig(max_workers=1))
         self.image = image
         self.delay = delay
         self.tasks: list[str] = []
@@ -36,7 +35,7 @@ class RecordingPool(ThreadPoolEngine):
         self.tasks.append(task.task_id)
         super().submit(task)
 
-    def failure(self) -> tuple[str, str] | None:
+    def failure(self) -> Failure | None:
         return self._failure
 
     def wait_ready(self, timeout: float) -> bool:
@@ -49,10 +48,9 @@ class RecordingPool(ThreadPoolEngine):
 
 
 class FakeFactory(PoolFactory):
-    def __init__(
-        self, failures: dict[str, tuple[str, str]] | None = None, delay: float = 0.0
-    ) -> None:
-        super().__init__(ThreadPoolEngine, {"container_uri": "default:1"}, 1)
+    def __init__(self, failures: dict[str, Failure] | None = None, delay: float = 0.0) -> None:
+        default = ProcessPoolEngineConfig(container_type="docker", container_uri="default:1")
+        super().__init__(ThreadPoolEngine, default, 1)
         self.failures = failures or {}
         self.delay = delay
         self.pools: list[RecordingPool] = []
@@ -77,10 +75,10 @@ def routed(tmp_path: Path) -> Iterator[Any]:
     """routed(**settings) -> (engine, results, factory)."""
     made: list[RoutingEngine] = []
 
-    def _make(failures: dict[str, tuple[str, str]] | None = None, **settings: Any) -> Any:
+    def _make(failures: dict[str, Failure] | None = None, **settings: Any) -> Any:
         factory = FakeFactory(failures)
         engine = RoutingEngine(
-            default=ThreadPoolEngine(max_workers=2),
+            default=ThreadPoolEngine(ThreadPoolEngineConfig(max_workers=2)),
             factory=factory,
             settings=RoutingSettings(**settings),
         )
@@ -169,7 +167,7 @@ def test_tasks_wait_while_every_pool_is_busy(routed: Any, tmp_path: Path) -> Non
 
 
 def test_a_pool_that_fails_to_start_answers_with_its_error(routed: Any) -> None:
-    failures = {"old:1": ("WorkerVersionMismatch", "dill 0.3.8 (endpoint: 0.3.9)")}
+    failures = {"old:1": Failure("WorkerVersionMismatch", "dill 0.3.8 (endpoint: 0.3.9)")}
     engine, results, factory = routed(failures=failures, max_warm=2)
     subs = [with_image(add, n, image="old:1") for n in range(3)]
     for sub in subs:
@@ -208,7 +206,7 @@ def test_hard_routing_starts_its_pools_and_refuses_other_images(routed: Any) -> 
 def test_graceful_shutdown_runs_waiting_tasks_first(tmp_path: Path) -> None:
     factory = FakeFactory()
     engine = RoutingEngine(
-        default=ThreadPoolEngine(max_workers=1),
+        default=ThreadPoolEngine(ThreadPoolEngineConfig(max_workers=1)),
         factory=factory,
         settings=RoutingSettings(max_warm=1),
     )
@@ -223,7 +221,7 @@ def test_graceful_shutdown_runs_waiting_tasks_first(tmp_path: Path) -> None:
 
 
 def test_engines_without_routing_answer_container_image_clearly(tmp_path: Path) -> None:
-    engine = ThreadPoolEngine(max_workers=1)
+    engine = ThreadPoolEngine(ThreadPoolEngineConfig(max_workers=1))
     results = Results()
     engine.start(endpoint_id=EPID, run_dir=tmp_path, on_result=results)
     sub = with_image(add, 1, image="a:1")
@@ -238,7 +236,7 @@ def test_engines_without_routing_answer_container_image_clearly(tmp_path: Path) 
 def test_pools_still_starting_at_shutdown_are_stopped_too(tmp_path: Path) -> None:
     factory = FakeFactory(delay=0.3)
     engine = RoutingEngine(
-        default=ThreadPoolEngine(max_workers=1),
+        default=ThreadPoolEngine(ThreadPoolEngineConfig(max_workers=1)),
         factory=factory,
         settings=RoutingSettings(mode="hard", images=("a:1", "b:1")),
     )

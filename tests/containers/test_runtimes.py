@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from endpoint.engines.base import Engine, TaskSubmission
-from endpoint.engines.build import build_engine
+from endpoint.engines.build import build_engine_from_dict
 from endpoint.engines.routing import RoutingEngine
 from endpoint.protocol.messages import Result
 from tests.containers.conftest import MISSING_IMAGE, labelled_containers
@@ -74,7 +74,7 @@ def start(tmp_path: Path) -> Iterator[Start]:
 
     def _start(spec: dict[str, Any]) -> tuple[Engine, Results]:
         results = Results()
-        engine = build_engine(spec)
+        engine = build_engine_from_dict(spec)
         engine.start(endpoint_id=EPID, run_dir=tmp_path, on_result=results)
         started.append((engine, results, str(spec.get("container_type"))))
         return engine, results

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import subprocess
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
@@ -31,7 +31,10 @@ def our_endpoint(stack: Stack) -> str:
     return stack.start_endpoint("ours")
 
 
-SdkRunner = Callable[[str], Any]
+class SdkRunner(Protocol):
+    """Runs a snippet with the official SDK; the JSON document it printed last."""
+
+    def __call__(self, snippet: str, timeout: float = 240) -> Any: ...
 
 
 @pytest.fixture(scope="session")

@@ -45,7 +45,7 @@ def cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
 
 def status(stack: Stack, name: str) -> str:
     rows = json.loads(cli(stack, "list", "--format", "json").stdout)
-    return next(r["status"] for r in rows if r["name"] == name)
+    return str(next(r["status"] for r in rows if r["name"] == name))
 
 
 def test_list_shows_running_and_one_stop_suffices(stack: Stack) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from devstack.stack import Stack, _bin
 from tests.e2e.test_cli_lifecycle import listed, run_cli
@@ -173,6 +174,7 @@ def test_a_code_works_once_and_yields_a_verifiable_id_token(stack: Stack) -> Non
     assert body["refresh_token"] and {t["resource_server"] for t in body["other_tokens"]}
     jwks = httpx.get(f"{stack.url}/jwk.json").json()["keys"][0]
     key = jwt.algorithms.RSAAlgorithm.from_jwk(json.dumps(jwks))
+    assert isinstance(key, RSAPublicKey)  # a JWKS publishes public keys only
     claims = jwt.decode(body["id_token"], key=key, algorithms=["RS256"], audience=PUBLIC_APP)
     assert claims["sub"] == stack.client_id
     again = exchange(stack, code, verifier)

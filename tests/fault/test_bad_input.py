@@ -18,7 +18,7 @@ from typing import Any
 import pika
 import pytest
 
-from endpoint.engines.build import build_engine
+from endpoint.engines.build import build_engine_from_dict
 from endpoint.protocol.messages import EPStatusReport, Result, Task, pack
 from endpoint.protocol.serialize import STRATEGIES, deserialize, pack_buffers, serialize
 from endpoint.runtime.adapter import EndpointRuntime
@@ -129,7 +129,7 @@ def broker(amqp_url: str, unique: str) -> Iterator[Broker]:
 
 
 def _start(broker: Broker, ep_dir: Path, **options: Any) -> EndpointRuntime:
-    engine = build_engine(
+    engine = build_engine_from_dict(
         {
             "type": "ThreadPoolEngine",
             "max_workers": 2,

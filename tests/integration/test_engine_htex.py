@@ -15,8 +15,10 @@ from typing import Any
 
 import psutil
 import pytest
+from pydantic import ValidationError
 
-from endpoint.engines.build import build_engine
+from endpoint.config.htex import GlobusComputeEngineConfig
+from endpoint.engines.build import build_engine_from_dict
 from endpoint.engines.htex.engine import GlobusComputeEngine
 from endpoint.engines.htex.mpi import GlobusMPIEngine
 from endpoint.errors import ConfigError, LifecycleError
@@ -79,7 +81,7 @@ def fresh(tmp_path: Path) -> Iterator[Any]:
 
     def _start(kind: str = "GlobusComputeEngine", **options: Any) -> Any:
         results = Results()
-        engine = build_engine({"type": kind, **FAST, **options})
+        engine = build_engine_from_dict({"type": kind, **FAST, **options})
         assert isinstance(engine, GlobusComputeEngine)
         engine.start(endpoint_id=EPID, run_dir=tmp_path, on_result=results)
         started.append(engine)
@@ -94,7 +96,9 @@ def fresh(tmp_path: Path) -> Iterator[Any]:
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     run_dir = tmp_path_factory.mktemp("gce")
     results = Results()
-    engine = GlobusComputeEngine(max_workers_per_node=2, provider=LOCAL, **FAST)
+    engine = build_engine_from_dict(
+        {"type": "GlobusComputeEngine", "max_workers_per_node": 2, "provider": LOCAL, **FAST}
+    )
     engine.start(endpoint_id=EPID, run_dir=run_dir, on_result=results)
     yield engine, results, run_dir
     engine.shutdown(wait=True)
@@ -105,7 +109,7 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 def test_htex_options_pass_through() -> None:
-    engine = build_engine(
+    engine = build_engine_from_dict(
         {
             "type": "GlobusComputeEngine",
             "max_workers_per_node": 3,
@@ -123,7 +127,7 @@ def test_htex_options_pass_through() -> None:
             "interchange_port_range": [52000, 53000],
             "worker_debug": True,
             "address_probe_timeout": 9,
-            "manager_selector": "BlockIdManagerSelector",
+            "manager_selector": {"type": "BlockIdManagerSelector"},
             "encrypted": False,
             "address": "127.0.0.1",
         }
@@ -145,7 +149,7 @@ def test_htex_options_pass_through() -> None:
 
 
 def test_workers_and_interchange_start_without_path() -> None:
-    ex = GlobusComputeEngine().executor
+    ex = GlobusComputeEngine(GlobusComputeEngineConfig()).executor
     assert ex.launch_cmd.startswith(
         f"{sys.executable} -m parsl.executors.high_throughput.process_worker_pool "
     )
@@ -158,7 +162,8 @@ def test_workers_and_interchange_start_without_path() -> None:
 
 
 def test_defaults_match_the_official_engine() -> None:
-    engine = GlobusComputeEngine()
+    # Every default comes from the model; the engine only builds what it describes.
+    engine = GlobusComputeEngine(GlobusComputeEngineConfig())
     ex = engine.executor
     assert ex.encrypted is True  # the official GlobusComputeEngine default
     assert type(ex.provider).__name__ == "LocalProvider"
@@ -180,7 +185,7 @@ def test_defaults_match_the_official_engine() -> None:
         ({"container_type": "docker", "container_uri": "i", "container_cmd_options": "'"}, "shell"),
         ({"provider": {"type": "SlurmProvder"}}, "SlurmProvder"),
         ({"provider": {"type": "LocalProvider", "nodes": 2}}, "provider.nodes"),
-        ({"job_status_kwargs": {"strategy": "greedy"}}, "greedy"),
+        ({"job_status_kwargs": {"strategy": "greedy"}}, r"job_status_kwargs\.strategy"),
         ({"job_status_kwargs": {"max_idle": 3}}, "max_idle"),
         ({"task_batch_size": 0}, "task_batch_size"),
         ({"worker_port": 1, "worker_ports": [2, 3]}, "worker_ports"),
@@ -192,16 +197,18 @@ def test_bad_options_are_config_errors_naming_the_key(
     options: dict[str, Any], message: str
 ) -> None:
     with pytest.raises(ConfigError, match=message):
-        build_engine({"type": "GlobusComputeEngine", **options})
+        build_engine_from_dict({"type": "GlobusComputeEngine", **options})
 
 
-def test_unknown_option_when_built_directly() -> None:
-    with pytest.raises(ConfigError, match="bogus_option"):
-        GlobusComputeEngine(bogus_option=1)
+def test_unknown_option_when_the_model_is_made_directly() -> None:
+    unknown: dict[str, Any] = {"bogus_option": 1}  # a dict: mypy would refuse the keyword
+    # An engine only takes a model, and a model with an unknown option cannot be made.
+    with pytest.raises(ValidationError, match="bogus_option"):
+        GlobusComputeEngineConfig(**unknown)
 
 
 def test_any_provider_and_launcher_by_type() -> None:
-    slurm = build_engine(
+    slurm = build_engine_from_dict(
         {
             "type": "GlobusComputeEngine",
             "provider": {
@@ -227,14 +234,14 @@ def test_any_provider_and_launcher_by_type() -> None:
         "proj1",
     )
     assert status["nodes_per_block"] == 2
-    pbs = build_engine(
+    pbs = build_engine_from_dict(
         {"type": "GlobusComputeEngine", "provider": {"type": "PBSProProvider", "queue": "q"}}
     )
     assert pbs.status()["provider_type"] == "PBSProProvider" and pbs.status()["queue"] == "q"
 
 
 def test_address_from_an_address_function() -> None:
-    engine = build_engine(
+    engine = build_engine_from_dict(
         {"type": "GlobusComputeEngine", "address": {"type": "address_by_interface", "ifname": "lo"}}
     )
     assert isinstance(engine, GlobusComputeEngine)
@@ -242,7 +249,14 @@ def test_address_from_an_address_function() -> None:
 
 
 def test_deprecated_strategy_and_job_status_kwargs() -> None:
-    engine = GlobusComputeEngine(strategy="none", job_status_kwargs={"max_idletime": 3})
+    engine = build_engine_from_dict(
+        {
+            "type": "GlobusComputeEngine",
+            "strategy": "none",
+            "job_status_kwargs": {"max_idletime": 3},
+        }
+    )
+    assert isinstance(engine, GlobusComputeEngine)
     assert engine.scaling == {"max_idletime": 3.0, "strategy": "none", "strategy_period": 5.0}
     assert engine.status()["scaling_enabled"] is False
 
@@ -326,7 +340,7 @@ def test_status_from_the_live_executor(shared: Any, tmp_path: Path) -> None:
 def test_fast_start_then_clean_shutdown(
     fresh: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    unstarted = GlobusComputeEngine()
+    unstarted = GlobusComputeEngine(GlobusComputeEngineConfig())
     with pytest.raises(LifecycleError, match="not started"):
         unstarted.submit(submission(add, 1))
     # Neither Parsl's scripts nor ours on PATH: only the system's shell tools.
@@ -378,7 +392,7 @@ def test_scales_out_within_max_blocks_and_in_after_idle(fresh: Any, tmp_path: Pa
     def scaled_in() -> bool:
         status = engine.status()
         live = sum(status["blocks"].get(s, 0) for s in ("PENDING", "RUNNING"))
-        return live == 0 and status["active_managers"] == 0
+        return bool(live == 0 and status["active_managers"] == 0)
 
     wait_until(scaled_in, timeout=30)
     assert engine.status()["blocks"].get("SCALED_IN") == 2

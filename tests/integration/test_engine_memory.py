@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from endpoint.engines.base import Engine
-from endpoint.engines.build import build_engine
+from endpoint.engines.build import build_engine_from_dict
 from tests.unit.test_engines import EPID, Results, ok, pid_and_cwd, submission
 
 HEADROOM_MIB = 256
@@ -44,7 +44,7 @@ def exhaust_memory(headroom_mib: int) -> str:
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[tuple[Engine, Results]]:
     results = Results()
-    engine = build_engine(
+    engine = build_engine_from_dict(
         {"type": "ProcessPoolEngine", "max_workers": 1, "max_retries_on_system_failure": 1}
     )
     engine.start(endpoint_id=EPID, run_dir=tmp_path, on_result=results)

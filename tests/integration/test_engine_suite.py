@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from endpoint.engines.base import Engine
-from endpoint.engines.build import build_engine
+from endpoint.engines.build import build_engine_from_dict
 from endpoint.engines.htex.engine import GlobusComputeEngine
 from tests.unit.test_engines import (
     EPID,
@@ -109,7 +109,7 @@ class Engines:
         if kind not in self._started:
             run_dir = self._tmp.mktemp(kind)
             results = Results()
-            engine = build_engine({"type": kind, **COMMON, **OPTIONS[kind]})
+            engine = build_engine_from_dict({"type": kind, **COMMON, **OPTIONS[kind]})
             engine.start(endpoint_id=EPID, run_dir=run_dir, on_result=results)
             self._started[kind] = Started(engine, results, run_dir)
         return self._started[kind]
@@ -259,7 +259,7 @@ def test_shutdown_wait_delivers_every_result(
 ) -> None:
     monkeypatch.delenv("GC_TASK_TIMEOUT", raising=False)
     results = Results()
-    engine = build_engine({"type": kind, **OPTIONS[kind]})
+    engine = build_engine_from_dict({"type": kind, **OPTIONS[kind]})
     engine.start(endpoint_id=EPID, run_dir=tmp_path, on_result=results)
     subs = [submission(nap, 0.05) for _ in range(10)]
     for sub in subs:
@@ -267,3 +267,50 @@ def test_shutdown_wait_delivers_every_result(
     engine.shutdown(wait=True)
     assert {s.task_id for s in subs} == results.by_id.keys()
     assert not results.duplicates
+
+
+# ---- failure: one question, forwarded by every wrapper -------------------------------------
+
+
+@pytest.mark.parametrize("routed", [False, True], ids=["plain", "behind-routing"])
+def test_a_dead_interchange_is_the_engines_failure(
+    tmp_path: Path, routed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`failure()` is how the runtime learns to replace an engine; a `RoutingEngine` must
+    answer for its default pool (it did not: issue 12's drift bug 2)."""
+    import os
+    import signal
+
+    import psutil
+
+    routing = {"container_type": "docker", "container_routing": "soft"} if routed else {}
+    engine = build_engine_from_dict(
+        {"type": "GlobusComputeEngine", **OPTIONS["GlobusComputeEngine"], **routing}
+    )
+
+    def interchanges() -> set[psutil.Process]:
+        found = set()
+        for p in psutil.Process(os.getpid()).children(recursive=True):
+            try:
+                if "interchange" in " ".join(p.cmdline()):
+                    found.add(p)
+            except psutil.Error:
+                continue
+        return found
+
+    others = interchanges()  # the module's shared GlobusComputeEngine may be running
+    results = Results()
+    engine.start(endpoint_id=EPID, run_dir=tmp_path, on_result=results)
+    try:
+        sub = submission(add, 1, 2)
+        engine.submit(sub)
+        assert ok(results.wait(sub.task_id, timeout=60)[0]) == 3
+        assert engine.failure() is None
+        found = list(interchanges() - others)
+        assert len(found) == 1, found
+        found[0].send_signal(signal.SIGKILL)
+        wait_until(lambda: engine.failure() is not None, timeout=60)
+        failure = engine.failure()
+        assert failure is not None and "interchange" in failure.reason.lower(), failure
+    finally:
+        engine.shutdown(wait=False)

@@ -17,7 +17,7 @@ import pika
 import pytest
 
 from endpoint.amqp.queues import EndpointQueues, QueueInfo
-from endpoint.engines.build import build_engine
+from endpoint.engines.build import build_engine_from_dict
 from endpoint.protocol.messages import EPStatusReport, Result, Task, pack, unpack_as
 from endpoint.protocol.serialize import deserialize, pack_buffers, serialize
 from endpoint.runtime.adapter import EndpointRuntime
@@ -100,7 +100,7 @@ def make_runtime(
     options: dict[str, Any] = dict(
         endpoint_id=str(uuid.uuid4()),
         ep_dir=ep_dir,
-        engine=build_engine({"type": engine, "max_workers": 2}),
+        engine=build_engine_from_dict({"type": engine, "max_workers": 2}),
         queues=broker.queues(),
         settings=runtime_settings(**settings),
         config_text="engine: {type: ThreadPoolEngine}\n",

@@ -69,7 +69,7 @@ def _api_routes(routes: Sequence[BaseRoute]) -> Iterator[APIRoute]:
 def _all_routes() -> list[tuple[str, str]]:
     app = create_app(Settings(amqp_url="amqp://unused", db_path=":memory:"))
     found = sorted(
-        (method, route.path) for route in _api_routes(app.routes) for method in route.methods
+        (method, route.path) for route in _api_routes(app.routes) for method in route.methods or ()
     )
     # Cross-check the walk against the schema (routes hidden from it are still walked).
     documented = {(m.upper(), p) for p, ops in app.openapi()["paths"].items() for m in ops}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import schemathesis
@@ -50,7 +51,7 @@ def identity(service: ServiceThread) -> Iterator[ApiClient]:
         yield api
 
 
-def _no_server_error(case: schemathesis.Case, base_url: str, headers: dict[str, str]) -> None:
+def _no_server_error(case: schemathesis.Case[Any], base_url: str, headers: dict[str, str]) -> None:
     response = case.call(base_url=base_url, headers=headers, timeout=30)
     assert response.status_code < 500, (
         f"{case.method} {case.formatted_path} -> {response.status_code}: {response.text[:500]}"
@@ -65,7 +66,7 @@ def _no_server_error(case: schemathesis.Case, base_url: str, headers: dict[str, 
     suppress_health_check=list(HealthCheck),
 )
 def test_anonymous_caller_never_gets_a_server_error(
-    case: schemathesis.Case, service: ServiceThread
+    case: schemathesis.Case[Any], service: ServiceThread
 ) -> None:
     _no_server_error(case, service.url, {})
 
@@ -77,6 +78,6 @@ def test_anonymous_caller_never_gets_a_server_error(
     suppress_health_check=list(HealthCheck),
 )
 def test_authenticated_caller_never_gets_a_server_error(
-    case: schemathesis.Case, service: ServiceThread, identity: ApiClient
+    case: schemathesis.Case[Any], service: ServiceThread, identity: ApiClient
 ) -> None:
     _no_server_error(case, service.url, {"Authorization": f"Bearer {identity.token}"})

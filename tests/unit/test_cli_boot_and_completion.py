@@ -11,8 +11,8 @@ import pytest
 
 from endpoint.admin import auth, boot
 from endpoint.amqp.queues import QueueInfo
-from endpoint.cli.completion import model, script
 from endpoint.cli.app import build_parser, main
+from endpoint.cli.completion import model, script
 
 SECRET = "s3cret-value"
 

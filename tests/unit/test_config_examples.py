@@ -240,11 +240,11 @@ BUILDABLE = [
 
 
 @pytest.mark.parametrize("name", BUILDABLE)
-def test_engine_spec_is_accepted_by_build_engine(name: str) -> None:
+def test_engine_model_is_accepted_by_build_engine(name: str) -> None:
     from endpoint.engines.build import build_engine
 
     cfg, _ = check(str(CONFIGS / f"{name}.yaml"))
     assert isinstance(cfg, EndpointConfig)
-    built = build_engine(cfg.engine.engine_spec())
+    built = build_engine(cfg.engine)
     assert type(built).__name__ == cfg.engine.type
     built.shutdown(wait=False)

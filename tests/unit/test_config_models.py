@@ -121,7 +121,7 @@ def test_globus_compute_engine_defaults() -> None:
     assert eng.container_cmd_options is None
     jsk = eng.job_status_kwargs
     assert (jsk.max_idletime, jsk.strategy, jsk.strategy_period) == (120.0, "simple", 5.0)
-    assert eng.task_batch_size is None
+    assert eng.task_batch_size == 64
     assert eng.provider == {"type": "LocalProvider"}
     assert eng.address is None
     assert eng.htex_options == {}
@@ -202,7 +202,7 @@ def test_models_are_frozen_and_programmatic_construction_works() -> None:
     cfg = EndpointConfig(engine=ThreadPoolEngineConfig(max_workers=2))
     assert cfg.engine.engine_spec() == {"type": "ThreadPoolEngine", "max_workers": 2}
     with pytest.raises(ValidationError):
-        cfg.debug = True  # type: ignore[misc]
+        cfg.debug = True
     direct = EndpointConfig.model_validate({"engine": {"type": "ProcessPoolEngine"}})
     assert isinstance(direct.engine, ProcessPoolEngineConfig)
 

@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
+from endpoint.config.engines import ProcessPoolEngineConfig, ThreadPoolEngineConfig
 from endpoint.engines.base import Engine, TaskSubmission
-from endpoint.engines.build import ENGINE_TYPES, build_engine
+from endpoint.engines.build import ENGINE_TYPES, build_engine, build_engine_from_dict
 from endpoint.engines.process import ProcessPoolEngine
 from endpoint.engines.thread import ThreadPoolEngine
 from endpoint.errors import ConfigError, LifecycleError
@@ -137,7 +138,7 @@ def start(tmp_path: Path, results: Results) -> Iterator[Any]:
     engines: list[Engine] = []
 
     def _start(kind: str, **kwargs: Any) -> Any:
-        engine = build_engine({"type": kind, **kwargs})
+        engine = build_engine_from_dict({"type": kind, **kwargs})
         engine.start(endpoint_id=EPID, run_dir=tmp_path, on_result=results)
         engines.append(engine)
         return engine
@@ -197,7 +198,7 @@ def test_status_counts(start: Any, results: Results, tmp_path: Path, kind: str) 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_status_shape_before_start(kind: str) -> None:
-    status = build_engine({"type": kind, "max_workers": 3}).status()
+    status = build_engine_from_dict({"type": kind, "max_workers": 3}).status()
     assert status == {
         "total_cores": os.cpu_count(),
         "total_mem": status["total_mem"],
@@ -257,7 +258,7 @@ def test_allowlist_is_enforced(start: Any, results: Results, kind: str) -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_lifecycle_errors(tmp_path: Path, kind: str) -> None:
-    engine = build_engine({"type": kind, "max_workers": 1})
+    engine = build_engine_from_dict({"type": kind, "max_workers": 1})
     with pytest.raises(LifecycleError, match="not started"):
         engine.submit(submission(add, 1))
     engine.start(endpoint_id=EPID, run_dir=tmp_path, on_result=lambda *_: None)
@@ -268,7 +269,7 @@ def test_lifecycle_errors(tmp_path: Path, kind: str) -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_shutdown_wait_finishes_everything(tmp_path: Path, results: Results, kind: str) -> None:
-    engine = build_engine({"type": kind, "max_workers": 2})
+    engine = build_engine_from_dict({"type": kind, "max_workers": 2})
     engine.start(endpoint_id=EPID, run_dir=tmp_path, on_result=results)
     subs = [submission(nap, 0.05) for _ in range(6)]
     for sub in subs:
@@ -286,7 +287,7 @@ def test_a_failing_callback_does_not_stop_the_engine(tmp_path: Path, kind: str) 
         if len(seen) == 1:
             raise RuntimeError("consumer bug")
 
-    engine = build_engine({"type": kind, "max_workers": 1})
+    engine = build_engine_from_dict({"type": kind, "max_workers": 1})
     engine.start(endpoint_id=EPID, run_dir=tmp_path, on_result=flaky)
     for _ in range(3):
         engine.submit(submission(add, 1))
@@ -406,7 +407,7 @@ def test_timeout_interrupts_sleep_in_a_worker(
 
 
 def test_shutdown_without_wait_stops_running_workers(tmp_path: Path, results: Results) -> None:
-    engine = ProcessPoolEngine(max_workers=1)
+    engine = ProcessPoolEngine(ProcessPoolEngineConfig(max_workers=1))
     engine.start(endpoint_id=EPID, run_dir=tmp_path, on_result=results)
     sub = submission(pid_and_cwd)
     engine.submit(sub)
@@ -434,7 +435,7 @@ def test_workers_that_cannot_start_fail_tasks_instead_of_hanging(
     (tmp_path / "endpoint").mkdir()
     (tmp_path / "endpoint" / "__init__.py").write_text("raise SystemExit(5)\n")
     monkeypatch.setattr("endpoint.engines.process._worker_env", lambda: dict(os.environ))
-    engine = ProcessPoolEngine(max_workers=1)
+    engine = ProcessPoolEngine(ProcessPoolEngineConfig(max_workers=1))
     engine.start(endpoint_id=EPID, run_dir=tmp_path, on_result=results)
     sub = submission(add, 1)
     engine.submit(sub)
@@ -452,36 +453,48 @@ def test_workers_that_cannot_start_fail_tasks_instead_of_hanging(
 
 
 def test_defaults() -> None:
-    assert ThreadPoolEngine().max_workers == min(32, (os.cpu_count() or 1) + 4)
-    assert ProcessPoolEngine().max_workers == os.cpu_count()
-    engine = ThreadPoolEngine()
+    # The engine model holds the defaults; the engines only fill in what None leaves open.
+    assert ThreadPoolEngine(ThreadPoolEngineConfig()).max_workers == min(
+        32, (os.cpu_count() or 1) + 4
+    )
+    assert ProcessPoolEngine(ProcessPoolEngineConfig()).max_workers == os.cpu_count()
+    engine = ThreadPoolEngine(ThreadPoolEngineConfig())
     assert engine.working_dir == Path("tasks_working_dir")
     assert engine.max_retries == 0 and engine.result_size_limit == 10 * 1024 * 1024
 
 
+def test_build_engine_takes_the_validated_model() -> None:
+    config = ThreadPoolEngineConfig(max_workers=3, label="mine")
+    engine = build_engine(config)
+    assert isinstance(engine, ThreadPoolEngine)
+    assert (engine.max_workers, engine.label) == (3, "mine")
+
+
 def test_build_engine_unknown_type() -> None:
     with pytest.raises(ConfigError) as info:
-        build_engine({"type": "GlobusComputeEnginee"})
-    assert "GlobusComputeEnginee" in str(info.value)
+        build_engine_from_dict({"type": "GlobusComputeEnginee"})
+    assert "engine.type" in str(info.value) and "GlobusComputeEnginee" in str(info.value)
     for name in ENGINE_TYPES:
         assert name in str(info.value)
-    with pytest.raises(ConfigError, match="valid types"):
-        build_engine({"max_workers": 1})
+    # As in a config file, a mapping without type is a GlobusComputeEngine (features.md
+    # §8.16), whose options do not include max_workers.
+    with pytest.raises(ConfigError, match=r"engine\.max_workers: .*GlobusComputeEngine"):
+        build_engine_from_dict({"max_workers": 1})
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_build_engine_unknown_option(kind: str) -> None:
-    with pytest.raises(ConfigError, match=r"engine\.max_wrokers is not an option"):
-        build_engine({"type": kind, "max_wrokers": 2})
+    with pytest.raises(ConfigError, match=r"engine\.max_wrokers: unknown key"):
+        build_engine_from_dict({"type": kind, "max_wrokers": 2})
 
 
 @pytest.mark.parametrize(
     ("options", "key"),
     [
         ({"max_workers": 0}, "max_workers"),
-        ({"max_workers": "4"}, "max_workers"),
+        ({"max_workers": "four"}, "max_workers"),
         ({"max_retries_on_system_failure": -1}, "max_retries_on_system_failure"),
-        ({"run_in_sandbox": "yes"}, "run_in_sandbox"),
+        ({"run_in_sandbox": "sometimes"}, "run_in_sandbox"),
         ({"allowed_serializers": ["globus_compute_sdk.*Code"]}, "allowed_serializers"),
         ({"allowed_serializers": ["bogus.Path", "globus_compute_sdk.*Data"]}, "bogus.Path"),
         ({"result_size_limit": 0}, "result_size_limit"),
@@ -489,11 +502,15 @@ def test_build_engine_unknown_option(kind: str) -> None:
 )
 @pytest.mark.parametrize("kind", KINDS)
 def test_build_engine_bad_values(kind: str, options: dict[str, Any], key: str) -> None:
+    # Checked by the engine model, as in a config file (which reads "4" as 4, and "yes" as
+    # true, the way pydantic does).
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        build_engine({"type": kind, **options})
+        build_engine_from_dict({"type": kind, **options})
 
 
 def test_process_only_options() -> None:
-    assert build_engine({"type": "ProcessPoolEngine", "max_tasks_per_child": 5, "label": "x"})
+    assert build_engine_from_dict(
+        {"type": "ProcessPoolEngine", "max_tasks_per_child": 5, "label": "x"}
+    )
     with pytest.raises(ConfigError, match="max_tasks_per_child"):
-        build_engine({"type": "ThreadPoolEngine", "max_tasks_per_child": 5})
+        build_engine_from_dict({"type": "ThreadPoolEngine", "max_tasks_per_child": 5})

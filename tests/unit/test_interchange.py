@@ -209,7 +209,7 @@ def test_stopped_interchange_does_not_ack_new_deliveries() -> None:
 
 
 def test_a_task_over_the_size_limit_gets_an_error_and_is_not_journaled_or_run() -> None:
-    from endpoint.runtime.interchange import DEFAULT_MAX_TASK_SIZE
+    from endpoint.protocol.limits import DEFAULT_MAX_TASK_SIZE
 
     assert Interchange(EP, window=1).max_task_size == DEFAULT_MAX_TASK_SIZE == 10 * 1024 * 1024
     ix = connected(window=2, max_task_size=10)

@@ -159,7 +159,7 @@ class Service:
         return deserialize(res.data)
 
     def beats(self, queue: str) -> list[dict[str, Any]]:
-        out = []
+        out: list[dict[str, Any]] = []
         while True:
             method, _p, body = self.ch.basic_get(queue, auto_ack=True)
             if method is None:

@@ -75,8 +75,11 @@ def test_dropping_privileges_is_for_good(mapped_user: LocalUser) -> None:
                 regained = True
             except PermissionError:
                 regained = False
-            doc = {"ids": os.getresuid() + os.getresgid(), "groups": sorted(os.getgroups())}
-            doc["regained"] = regained
+            doc = {
+                "ids": os.getresuid() + os.getresgid(),
+                "groups": sorted(os.getgroups()),
+                "regained": regained,
+            }
             os.write(w, json.dumps(doc).encode())
         finally:
             os._exit(0)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from endpoint.amqp.queues import AmqpCreds
 from endpoint.cli.app import EX_CONFIG, main
 from endpoint.errors import ConfigError
 from endpoint.manager.command import StartRequest
@@ -89,7 +90,7 @@ def test_the_user_endpoint_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     req = StartRequest(
         name="uep.a.b",
         endpoint_id="x",
-        amqp_creds={},
+        amqp_creds=AmqpCreds("x", {}),
         user_opts={},
         user_runtime={"python": {"version": "3.12.1"}, "globus_compute_sdk_version": "4.19.0"},
         identities=[],

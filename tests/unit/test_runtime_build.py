@@ -11,6 +11,7 @@ from typing import Any
 
 from endpoint.admin import service, start
 from endpoint.admin.register import Loaded
+from endpoint.amqp.queues import AmqpCreds
 from endpoint.config.rendered import validate_rendered
 from endpoint.host.pidlock import PidLock
 from endpoint.protocol.pipe import LaunchDoc
@@ -65,7 +66,7 @@ def direct(tmp_path: Path, endpoint_id: str) -> EndpointRuntime:
 def under_manager(tmp_path: Path, endpoint_id: str) -> EndpointRuntime:
     ep_dir = tmp_path / "managed"
     ep_dir.mkdir()
-    doc = LaunchDoc("managed", endpoint_id, CONFIG, queue_infos(endpoint_id))
+    doc = LaunchDoc("managed", endpoint_id, CONFIG, AmqpCreds.parse(queue_infos(endpoint_id)))
     prepared = managed.Prepared(doc, ep_dir, validate_rendered(CONFIG), PidLock.acquire(ep_dir))
     return managed.managed_runtime(prepared)
 
@@ -94,6 +95,7 @@ def test_a_managers_allowed_functions_win_over_the_rendered_configs(tmp_path: Pa
     ep_dir = tmp_path / "managed"
     ep_dir.mkdir()
     other = str(uuid.UUID(int=8))
-    doc = LaunchDoc("m", endpoint_id, CONFIG, queue_infos(endpoint_id), allowed_functions=[other])
+    creds = AmqpCreds.parse(queue_infos(endpoint_id))
+    doc = LaunchDoc("m", endpoint_id, CONFIG, creds, allowed_functions=[other])
     prepared = managed.Prepared(doc, ep_dir, validate_rendered(CONFIG), PidLock.acquire(ep_dir))
     assert managed.managed_runtime(prepared).ix.allowed_functions == {other}

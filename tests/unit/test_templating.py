@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from endpoint.config import EndpointConfig
+from endpoint.config.rendered import validate_rendered
 from endpoint.errors import TemplateError, UserOptionsInvalid
 from endpoint.manager import templating
 from endpoint.manager.identity import LocalUser, Principal
@@ -207,7 +208,7 @@ def test_paths_are_left_to_the_user_endpoint_that_has_the_environment() -> None:
     out = render(TemplateSource(tpl), {}, reserved())  # the manager does not expand it
     assert "UNSET_IN_THE_MANAGER" in out.text
     with pytest.raises(TemplateError, match="UNSET_IN_THE_MANAGER is not set"):
-        templating.validate_rendered(out.text)
+        validate_rendered(out.text)
 
 
 def test_rendered_configs_that_differ_have_different_hashes() -> None:

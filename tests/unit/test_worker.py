@@ -54,8 +54,9 @@ def fails_deeply(depth: int) -> None:
 
 
 def chained_failure() -> None:
+    empty: dict[str, int] = {}
     try:
-        {}["missing"]
+        empty["missing"]
     except KeyError as e:
         raise RuntimeError("wrapped") from e
 

@@ -34,12 +34,11 @@ import functools
 import heapq
 import itertools
 import logging
-import os
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from endpoint.containers.codes import (
     CODE_CONTAINER_FAILED,
@@ -52,12 +51,10 @@ from endpoint.engines.base import (
     CODE_ENGINE_FAILURE,
     CODE_RESOURCE_SPEC,
     CODE_WORKER_LOST,
-    DEFAULT_RESULT_SIZE_LIMIT,
-    DEFAULT_WORKING_DIR,
+    Failure,
     ResultCallback,
     TaskEngine,
     TaskSubmission,
-    _positive_int,
     attempts_report,
     container_refusal,
     engine_error_result,
@@ -66,12 +63,13 @@ from endpoint.engines.htex import config as htex_config
 from endpoint.engines.htex.batching import RUNNER, BatchPolicy, encode_batch
 from endpoint.engines.htex.containers import ContainerWorkers
 from endpoint.engines.htex.watch import WatcherMixin
-from endpoint.errors import ConfigError, ContainerError, ImageNotFound, LifecycleError
+from endpoint.errors import ContainerError, ImageNotFound, LifecycleError
+
+if TYPE_CHECKING:
+    from endpoint.config.htex import ParslEngineConfig
 
 log = logging.getLogger(__name__)
 
-#: Most tasks per Parsl message when the queue is deep (``task_batch_size``; 1 = off).
-DEFAULT_TASK_BATCH_SIZE = 64
 _IDLE_TICK_S = 1.0
 
 
@@ -93,7 +91,8 @@ class _Batch:
 class GlobusComputeEngine(WatcherMixin, TaskEngine):
     """Runs tasks on Parsl's HighThroughputExecutor; see the module docstring.
 
-    Beyond the options every engine has (``working_dir``, ``run_in_sandbox``,
+    Built from a validated `GlobusComputeEngineConfig`, which checks every option and holds
+    the defaults. Beyond the options every engine has (``working_dir``, ``run_in_sandbox``,
     ``allowed_serializers``, ``max_retries_on_system_failure``, ``result_size_limit``):
 
     ``provider``
@@ -111,53 +110,20 @@ class GlobusComputeEngine(WatcherMixin, TaskEngine):
     ``container_type`` / ``container_uri`` / ``container_cmd_options``
         Run every block's worker pool in a container (docker, podman, podman-hpc,
         apptainer, singularity, or a custom command template); see `endpoint.containers`.
-    ``**htex_options``
-        Any other HighThroughputExecutor option, by its Parsl name; ``worker_ports`` is
-        read as ``worker_port`` for older configs.
+    ``htex_options``
+        Any other HighThroughputExecutor option, by its Parsl name (in YAML, directly under
+        ``engine:``).
     """
 
-    #: Options refused here with a pointer elsewhere (GlobusMPIEngine accepts them).
-    _REFUSED: frozenset[str] = htex_config.MPI_ONLY
-
-    def __init__(
-        self,
-        *,
-        label: str = "GlobusComputeEngine",
-        encrypted: bool = True,
-        max_retries_on_system_failure: int = 0,
-        working_dir: str | os.PathLike[str] = DEFAULT_WORKING_DIR,
-        run_in_sandbox: bool = False,
-        allowed_serializers: list[str] | None = None,
-        result_size_limit: int = DEFAULT_RESULT_SIZE_LIMIT,
-        task_batch_size: int | None = None,
-        provider: dict[str, Any] | None = None,
-        address: str | dict[str, Any] | None = None,
-        strategy: str | None = None,
-        job_status_kwargs: dict[str, Any] | None = None,
-        container_type: str | None = None,
-        container_uri: str | None = None,
-        container_cmd_options: str | None = None,
-        **htex_options: Any,
-    ) -> None:
-        super().__init__(
-            label=label,
-            working_dir=working_dir,
-            run_in_sandbox=run_in_sandbox,
-            allowed_serializers=allowed_serializers,
-            max_retries_on_system_failure=max_retries_on_system_failure,
-            result_size_limit=result_size_limit,
+    def __init__(self, config: ParslEngineConfig) -> None:
+        super().__init__(config)
+        self.container = container_spec(
+            config.container_type, config.container_uri, config.container_cmd_options
         )
-        self.container = container_spec(container_type, container_uri, container_cmd_options)
-        self._check_refused(htex_options)
-        if not isinstance(encrypted, bool):
-            raise ConfigError(f"encrypted must be true or false, got {encrypted!r}")
-        self.task_batch_size = (
-            DEFAULT_TASK_BATCH_SIZE
-            if task_batch_size is None
-            else _positive_int("task_batch_size", task_batch_size)
-        )
-        self.scaling = htex_config.scaling_settings(strategy, job_status_kwargs)
-        self.executor = self._build_executor(provider, address, encrypted, htex_options)
+        self.task_batch_size = config.task_batch_size
+        # JobStatusPoller's arguments, by their Parsl names.
+        self.scaling = config.job_status_kwargs.model_dump()
+        self.executor = self._build_executor(config)
         self._init_state()
 
     # ---- configuration ---------------------------------------------------------------
@@ -168,30 +134,20 @@ class GlobusComputeEngine(WatcherMixin, TaskEngine):
 
         return EngineExecutor
 
-    @classmethod
-    def passthrough_options(cls) -> frozenset[str]:
-        return htex_config.passthrough_names(cls._executor_class(), cls._REFUSED)
+    def _executor_options(self, config: ParslEngineConfig) -> dict[str, Any]:
+        """The executor's own keywords from the model (GlobusMPIEngine adds its fields)."""
+        return htex_config.executor_options(config.htex_options)
 
-    def _check_refused(self, options: dict[str, Any]) -> None:
-        refused = sorted(set(options) & self._REFUSED)
-        if refused:
-            raise ConfigError(
-                f"{', '.join(refused)}: MPI mode is not supported on {type(self).__name__};"
-                " use GlobusMPIEngine instead"
-            )
-
-    def _build_executor(
-        self, provider: Any, address: Any, encrypted: bool, options: dict[str, Any]
-    ) -> Any:
+    def _build_executor(self, config: ParslEngineConfig) -> Any:
         cls = self._executor_class()
-        kwargs = htex_config.executor_options(options, self.passthrough_options())
-        built_provider = htex_config.build_provider(provider)
+        kwargs = self._executor_options(config)
+        built_provider = htex_config.build_provider(config.provider)
         executor = htex_config.make_executor(
             cls,
             label=f"{self.label}-{getattr(cls, 'parsl_name', cls.__name__)}",
             provider=built_provider,
-            address=htex_config.resolve_address(address, built_provider),
-            encrypted=encrypted,
+            address=htex_config.resolve_address(config.address, built_provider),
+            encrypted=config.encrypted,
             **kwargs,
         )
         self._containers: ContainerWorkers | None = None
@@ -301,9 +257,9 @@ class GlobusComputeEngine(WatcherMixin, TaskEngine):
                 timeout,
             )
 
-    def failure(self) -> tuple[str, str] | None:
+    def failure(self) -> Failure | None:
         with self._cond:
-            return None if self._broken is None else (self._broken_code, self._broken)
+            return None if self._broken is None else Failure(self._broken_code, self._broken)
 
     def submit(self, task: TaskSubmission) -> None:
         self._check_open()
@@ -591,4 +547,4 @@ class GlobusComputeEngine(WatcherMixin, TaskEngine):
             self._cond.notify_all()
 
 
-__all__ = ["DEFAULT_TASK_BATCH_SIZE", "GlobusComputeEngine"]
+__all__ = ["GlobusComputeEngine"]

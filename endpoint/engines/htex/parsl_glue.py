@@ -154,7 +154,7 @@ def describe(exc: BaseException) -> str:
 #: Files whose frames `describe` drops (all on the endpoint side of a Parsl future).
 _LOCAL_FRAMES = (
     "concurrent/futures/_base.py",
-    "endpoint/engines/htex.py",
+    "endpoint/engines/htex/engine.py",
     "parsl/app/errors.py",
     "parsl/executors/high_throughput/executor.py",
 )

@@ -111,9 +111,6 @@ class WatcherMixin:
 
     # ---- status ------------------------------------------------------------------------
 
-    def broken(self) -> str | None:
-        return self._broken
-
     def inflight_target(self) -> int:
         # Enough for a full batch per worker slot twice over, so a deep queue reaches the
         # engine and is sent in batches; the slots count is at least one block's worth even
