@@ -7,7 +7,8 @@ what `endpoint.engines.build.build_engine` receives.
 
 from endpoint.config.check import check, describe
 from endpoint.config.engines import EngineConfig
-from endpoint.config.loader import load_config, load_config_text, load_endpoint_dir, load_engine
+from endpoint.config.files import load_config, load_endpoint_dir
+from endpoint.config.loader import load_config_text, load_engine
 from endpoint.config.model import EndpointConfig, ManagerConfig
 
 __all__ = [

@@ -7,8 +7,9 @@ from typing import Any
 
 import yaml
 
+from endpoint.config.files import load_config, load_endpoint_dir
 from endpoint.config.htex import PASSTHROUGH
-from endpoint.config.loader import AnyConfig, load_config, load_endpoint_dir
+from endpoint.config.loader import AnyConfig
 from endpoint.errors import ConfigError
 
 
