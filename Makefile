@@ -65,7 +65,7 @@ check: lint typecheck test test-appliance
 
 ## bench: ours vs the official endpoint, same service and broker, one run
 bench: dev peers
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python bench/endpoint_bench.py --peer-python $(PEER_VENV)/bin/python
+	PATH=$(CURDIR)/$(BIN):$$PATH PYTHONPATH=$(CURDIR) $(BIN)/python bench/endpoint_bench.py --peer-python $(PEER_VENV)/bin/python
 
 ## fault: the reliability cases (tests/fault): faults injected into real processes, counts printed
 fault: dev
@@ -140,7 +140,7 @@ test-appliance: dev peers images broker-image
 .PHONY: bench-manager bench-faults
 ## bench-manager: first task with a new user_endpoint_config → its result, our manager vs the official
 bench-manager: dev peers
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python bench/manager_bench.py --peer-python $(PEER_VENV)/bin/python
+	PATH=$(CURDIR)/$(BIN):$$PATH PYTHONPATH=$(CURDIR) $(BIN)/python bench/manager_bench.py --peer-python $(PEER_VENV)/bin/python
 
 ## bench-faults: kill -9 of the task-holding process mid-flight, ours vs the official; lost counts
 bench-faults: dev peers
