@@ -46,16 +46,22 @@ SHELL_SCRIPTS := entrypoint appliance/bin/rabbitmq-run appliance/bin/run-endpoin
 	appliance/bin/run-webservice appliance/broker/rabbitmq-diagnostics .ci/run \
 	tools/install-prereqs tools/dockerd-up tools/base-image
 
+# Python the linters and the formatter check (ruff's rules, C901's complexity bound included,
+# live in pyproject.toml).
+PY_DIRS := endpoint webservice tests bench appliance devstack
+
+## lint: ruff (with the complexity bound), ruff format and shellcheck
 lint: dev
-	$(BIN)/ruff check endpoint webservice tests bench appliance
-	$(BIN)/ruff format --check endpoint webservice tests bench appliance
+	$(BIN)/ruff check $(PY_DIRS)
+	$(BIN)/ruff format --check $(PY_DIRS)
 	@if command -v shellcheck >/dev/null; then shellcheck $(SHELL_SCRIPTS); \
 	else echo "shellcheck not installed: shell scripts not checked (.ci/run installs it)"; fi
 
 format: dev
-	$(BIN)/ruff check --fix endpoint webservice tests bench appliance
-	$(BIN)/ruff format endpoint webservice tests bench appliance
+	$(BIN)/ruff check --fix $(PY_DIRS)
+	$(BIN)/ruff format $(PY_DIRS)
 
+## typecheck: mypy --strict (pyproject.toml) on the product, devstack, bench and the tests
 typecheck: dev
 	$(BIN)/mypy
 	$(BIN)/mypy appliance/bin/*.py
@@ -145,6 +151,11 @@ bench-manager: dev peers
 ## bench-faults: kill -9 of the task-holding process mid-flight, ours vs the official; lost counts
 bench-faults: dev peers
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m bench.fault_compare --peer-python $(PEER_VENV)/bin/python
+
+## bench-startup: GlobusComputeEngine start() to first result, status() cost, shutdown(wait=False)
+.PHONY: bench-startup
+bench-startup: dev
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python bench/startup.py
 
 ## bench-routing: soft routing vs random (funcX) vs Belady: 500 Zipf tasks over 12 docker images
 .PHONY: bench-routing

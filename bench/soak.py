@@ -43,6 +43,7 @@ def submit_retrying(
         except urllib.error.HTTPError as e:
             if e.code != 503:
                 raise
+            e.close()  # the 503 response's connection, not needed for the retry
             time.sleep(0.5)
     raise RuntimeError("the service kept answering 503")
 

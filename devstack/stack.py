@@ -199,6 +199,8 @@ class Stack:
             try:
                 if self.get(f"/v2/endpoints/{endpoint_id}/status").get("status") == "online":
                     return
+            except urllib.error.HTTPError as e:
+                e.close()  # an answer holds its connection until closed
             except urllib.error.URLError:
                 pass
             time.sleep(0.1)
@@ -229,7 +231,9 @@ class Stack:
             try:
                 with urllib.request.urlopen(url, timeout=2):
                     return
-            except (urllib.error.URLError, ConnectionError):
+            except (urllib.error.URLError, ConnectionError) as e:
+                if isinstance(e, urllib.error.HTTPError):
+                    e.close()  # an answer holds its connection until closed
                 self._check_alive("webservice")
                 time.sleep(0.1)
         raise TimeoutError(f"{what} not answering at {url}")

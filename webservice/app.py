@@ -17,12 +17,14 @@ from webservice.amqp import AmqpLink
 from webservice.api import ROUTERS
 from webservice.context import Services
 from webservice.dispatch import Dispatcher
+from webservice.edge import EdgeGuard
 from webservice.errors import ServiceError, Unauthorized
 from webservice.forwarder import ResultForwarder
 from webservice.heartbeat_monitor import HeartbeatMonitor
 from webservice.security import authenticate
 from webservice.settings import Settings
 from webservice.store import Store
+from webservice.throttle import AuthThrottle
 from webservice.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,10 @@ def create_app(settings: Settings) -> FastAPI:
     )
     for router in ROUTERS:
         app.include_router(router)
+    app.add_middleware(EdgeGuard, limits=settings.limits)
+    app.state.auth_throttle = AuthThrottle(
+        settings.limits.free_auth_failures, settings.limits.max_auth_delay_s
+    )
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
@@ -95,7 +101,7 @@ def _redacted(url: str) -> str:
 
 async def _service_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
-    return JSONResponse(exc.body(), status_code=exc.status)
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers or None)
 
 
 def _field(loc: Any) -> str:

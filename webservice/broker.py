@@ -2,23 +2,43 @@
 
 Every path and port lives under one state directory, so several nodes never collide with each
 other or with a system-wide RabbitMQ (recipes: a private RabbitMQ).
+
+No default credentials (issue 13, finding 2): on a shared machine every local user can reach a
+loopback port, so the node has no `guest`. Its one user, an administrator with a random name and
+password (`secrets`), is created at first start and kept in `credentials.json`; later starts
+reuse it, so the node's durable queues stay reachable. RabbitMQ imports it from
+`definitions.json` at every boot (a node that imports definitions creates no default user), and
+an older state directory that still has `guest` loses it at its next start. The state directory
+is 0700 and everything in it owner-only (the node runs under umask 077): the Erlang cookie, the
+message store (task arguments), the logs, the credentials. Only `url` carries the password; it is
+never logged.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 log = logging.getLogger(__name__)
 
 RABBIT_BIN = Path(os.environ.get("RABBITMQ_BIN_DIR", "/usr/lib/rabbitmq/bin"))
+CREDENTIALS_FILE = "credentials.json"
+DEFINITIONS_FILE = "definitions.json"
+#: Every file the node or we create in the state directory is owner-only.
+UMASK = 0o077
 
 
 class BrokerStartError(RuntimeError):
@@ -31,12 +51,80 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class BrokerCredentials:
+    """The node's administrator; the password stays out of reprs (and so out of logs)."""
+
+    username: str
+    password: str = field(repr=False)
+
+    @classmethod
+    def generate(cls) -> BrokerCredentials:
+        return cls(f"admin-{secrets.token_hex(4)}", secrets.token_hex(24))
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write `path` 0600, atomically; never through a planted symlink."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    tmp.replace(path)
+
+
+def _secure_state_dir(state_dir: Path) -> None:
+    """Make `state_dir` ours and owner-only, including what an earlier version left in it."""
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = state_dir.stat()
+    if st.st_uid != os.geteuid():
+        raise BrokerStartError(f"{state_dir} belongs to uid {st.st_uid}, not to this user")
+    state_dir.chmod(0o700)
+    for root, dirs, files in os.walk(state_dir):
+        for name in dirs + files:
+            path = Path(root, name)
+            mode = path.lstat().st_mode
+            if stat.S_ISLNK(mode) or not stat.S_IMODE(mode) & 0o077:
+                continue
+            path.chmod(stat.S_IMODE(mode) & 0o700)
+
+
+def _load_credentials(path: Path) -> BrokerCredentials:
+    """The node's administrator: kept from its first start, or created now."""
+    if path.exists():
+        try:
+            doc = json.loads(path.read_text())
+            return BrokerCredentials(str(doc["username"]), str(doc["password"]))
+        except (ValueError, KeyError, TypeError) as e:
+            raise BrokerStartError(f"unreadable broker credentials in {path}: {e!r}") from None
+    creds = BrokerCredentials.generate()
+    _write_private(path, json.dumps({"username": creds.username, "password": creds.password}))
+    return creds
+
+
+def _definitions(creds: BrokerCredentials) -> str:
+    """What the node imports at every boot: its administrator, and nothing called guest."""
+    user = creds.username
+    return json.dumps(
+        {
+            "users": [{"name": user, "password": creds.password, "tags": "administrator"}],
+            "vhosts": [{"name": "/"}],
+            "permissions": [
+                {"user": user, "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"}
+            ],
+        }
+    )
+
+
 class PrivateRabbit:
     """Start/stop one RabbitMQ node whose state lives in `state_dir`."""
 
     def __init__(self, state_dir: str | Path | None = None, port: int | None = None) -> None:
         self._owns_dir = state_dir is None
         self.state_dir = Path(state_dir or tempfile.mkdtemp(prefix="rabbit-"))
+        _secure_state_dir(self.state_dir)
+        self.credentials = _load_credentials(self.state_dir / CREDENTIALS_FILE)
         self.port = port or free_port()
         self.node = f"gc{self.port}@localhost"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -48,18 +136,21 @@ class PrivateRabbit:
 
     @property
     def url(self) -> str:
-        return f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
+        user = quote(self.credentials.username, safe="")
+        password = quote(self.credentials.password, safe="")
+        return f"amqp://{user}:{password}@127.0.0.1:{self.port}/%2F"
 
     def _build_env(self) -> dict[str, str]:
         d = self.state_dir
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "rabbitmq-env.conf").write_text("")
-        (d / "enabled_plugins").write_text("[].\n")
-        (d / "rabbitmq.conf").write_text(
+        _write_private(d / "rabbitmq-env.conf", "")
+        _write_private(d / "enabled_plugins", "[].\n")
+        _write_private(d / DEFINITIONS_FILE, _definitions(self.credentials))
+        _write_private(
+            d / "rabbitmq.conf",
             f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
-            "loopback_users = none\n"
+            f"load_definitions = {d / DEFINITIONS_FILE}\n"
             # A long task must never make the broker drop our channel (reliability case 7).
-            "consumer_timeout = 86400000\n"
+            "consumer_timeout = 86400000\n",
         )
         dist = free_port()
         epmd = free_port()
@@ -93,6 +184,7 @@ class PrivateRabbit:
             text=True,
             timeout=timeout,
             check=False,
+            umask=UMASK,
         )
 
     def start(self, timeout: float = 90) -> None:
@@ -100,14 +192,22 @@ class PrivateRabbit:
             raise BrokerStartError(
                 f"{RABBIT_BIN}/rabbitmq-server not found: install Debian's rabbitmq-server"
             )
+        # An older state directory may still hold `guest`; a fresh one never gets it.
+        fresh = not (self.state_dir / "mnesia" / self.node).exists()
+        out = os.open(
+            self.state_dir / "server.out",
+            os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW,
+            0o600,
+        )
         # The child gets its own copy of the descriptor: ours is closed once it has started.
-        with open(self.state_dir / "server.out", "ab") as logf:
+        with os.fdopen(out, "ab") as logf:
             self._proc = subprocess.Popen(
                 [str(RABBIT_BIN / "rabbitmq-server")],
                 env=self._env,
                 stdout=logf,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                umask=UMASK,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -117,11 +217,21 @@ class PrivateRabbit:
             if pid_file.exists():
                 res = self.ctl("wait", "--timeout", "60", str(pid_file), timeout=70)
                 if res.returncode == 0 and self._port_open():
+                    if not fresh:
+                        self._delete_guest()
                     log.info("private RabbitMQ up on port %s", self.port)
                     return
             time.sleep(0.3)
         self.stop()
         raise BrokerStartError(f"RabbitMQ not ready after {timeout}s")
+
+    def _delete_guest(self) -> None:
+        res = self.ctl("delete_user", "guest")
+        if res.returncode != 0 and "does not exist" not in res.stdout + res.stderr:
+            self.stop()
+            raise BrokerStartError(f"could not delete the guest user: {res.stderr.strip()}")
+        if res.returncode == 0:
+            log.warning("deleted the guest user an earlier version left in %s", self.state_dir)
 
     def _port_open(self) -> bool:
         try:

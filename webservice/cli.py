@@ -1,6 +1,7 @@
 """`compute-webservice`: the only place in the package that prints or exits.
 
     compute-webservice serve [--host H] [--port P] [--amqp-url URL] [--public-amqp-url URL] [--db F]
+                             [--max-connections N] [--header-timeout S]
     compute-webservice create-client [--db F] [--name N] [--client-id ID] [--client-secret S]
 
 Exit codes: 0 ok, 1 the service could not start, 2 bad usage (argparse), 3 broker start failed.
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 from webservice.broker import BrokerStartError
+from webservice.limits import Limits
 from webservice.server import embedded_broker, run
 from webservice.settings import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_QUEUE_PREFIX, Settings
 from webservice.settings import default_db_path as _default_db
@@ -26,6 +28,7 @@ from webservice.store import Store
 
 RET_OK = 0
 RET_START_FAILED = 1
+RET_USAGE = 2
 RET_BROKER = 3
 
 ENV = "COMPUTE_WEBSERVICE_"
@@ -50,7 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--amqp-url",
         default=_env("AMQP_URL"),
-        help=f"broker the service uses (env {ENV}AMQP_URL); none: start an embedded RabbitMQ",
+        help=f"broker the service uses (env {ENV}AMQP_URL, which keeps its password out of "
+        "`ps`); none: start an embedded RabbitMQ with a random password, no guest",
     )
     serve.add_argument(
         "--public-amqp-url",
@@ -64,6 +68,18 @@ def _parser() -> argparse.ArgumentParser:
         help="prefix of the per-task-group result queues",
     )
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        default=int(_env("MAX_CONNECTIONS", str(Limits.max_connections)) or 0),
+        help="open HTTP connections (also kept under the descriptor limit)",
+    )
+    serve.add_argument(
+        "--header-timeout",
+        type=float,
+        default=float(_env("HEADER_TIMEOUT", str(Limits.header_timeout_s)) or 0),
+        help="seconds a connection has to send a request's headers",
+    )
 
     client = sub.add_parser("create-client", help="create an OAuth2 client; prints its secret")
     client.add_argument("--db", default=_env("DB", str(_default_db())), help=db_help)
@@ -93,6 +109,9 @@ def _serve_until_stopped(args: argparse.Namespace) -> int:
             db_path=args.db,
             public_amqp_url=args.public_amqp_url,
             queue_prefix=args.queue_prefix,
+            limits=Limits(
+                max_connections=args.max_connections, header_timeout_s=args.header_timeout
+            ),
         )
 
     log = logging.getLogger("webservice")
@@ -114,6 +133,9 @@ def _create_client(args: argparse.Namespace) -> int:
     store = Store.open(args.db)
     try:
         cid, secret = store.credentials.create_client(args.name, args.client_id, args.client_secret)
+    except ValueError as e:
+        print(f"compute-webservice: {e}", file=sys.stderr)
+        return RET_USAGE
     finally:
         store.close()
     print(json.dumps({"client_id": cid, "client_secret": secret}))

@@ -29,7 +29,20 @@ from webservice.commands import (
     uep_id,
     uep_name,
 )
-from webservice.errors import BrokerUnavailable, Forbidden, NotFound
+from webservice.errors import (
+    BrokerUnavailable,
+    Forbidden,
+    NotFound,
+    PayloadTooLarge,
+    Unprocessable,
+)
+from webservice.limits import (
+    MAX_HEADER_BYTES,
+    MAX_RESOURCE_SPEC_BYTES,
+    MAX_RESULT_SERIALIZERS_BYTES,
+    MAX_SUBMISSION_BYTES,
+    MAX_USER_CONFIG_BYTES,
+)
 from webservice.liveness import is_online
 from webservice.models import SubmitIn, canonical_uuid
 from webservice.security import Caller
@@ -56,28 +69,44 @@ class Dispatcher:
     async def submit(
         self, caller: Caller, endpoint_id: str, body: SubmitIn, received_ns: int
     ) -> dict[str, Any]:
+        """All or nothing: checked and encoded before the first side effect, and a failure
+        after that discards what it stored (the client never learns those task ids)."""
         endpoint = self._endpoint_for_submit(caller, endpoint_id)
         functions = self._functions_for_submit(caller, endpoint, body.tasks)
-        group = self._task_group(caller, body.task_group_id)
-        if body.create_queue:
-            await self._ensure_result_queue(group)
-        pending: list[asyncio.Future[None]] = []
+        check_submission(body, functions)
         route_id = endpoint.endpoint_id
         if endpoint.is_manager:
-            route_id, command = await self._user_endpoint(caller, endpoint, body)
-            pending.append(command)
-        else:
-            await self._topology.ensure_tasks_queue(route_id)
+            route_id = uep_id(endpoint.endpoint_id, caller.identity, body.user_endpoint_config)
+        group_id, group = self._task_group(caller, body.task_group_id)
         new_tasks, ids_by_key = self._new_tasks(
-            caller, endpoint.endpoint_id, route_id, group, body, functions, received_ns
+            caller, endpoint.endpoint_id, route_id, group_id, body, functions, received_ns
         )
-        self._store.tasks.add(new_tasks)
+        messages = encode_tasks(new_tasks, body, functions)
+        created = group is None
+        if group is None:
+            group = self._store.tasks.create_group(group_id, caller.identity, time.time())
+        pending: list[asyncio.Future[None]] = []
+        stored = False
         try:
-            self._publish_tasks(route_id, new_tasks, body, functions, pending)
+            if body.create_queue:
+                await self._ensure_result_queue(group)
+            if endpoint.is_manager:
+                pending.append(await self._user_endpoint(caller, endpoint, body))
+            else:
+                await self._topology.ensure_tasks_queue(route_id)
+            self._store.tasks.add(new_tasks)
+            stored = True
+            queue = tasks_queue(route_id)
+            pending.extend(
+                self._link.publish(TASKS_EXCHANGE, queue, data, props) for data, props in messages
+            )
             await self._confirmed(pending)
-        except BrokerUnavailable:
-            # The caller never learns these ids: forget them, the SDK resubmits on 503.
-            self._store.tasks.discard([t.task_id for t in new_tasks])
+        except BaseException:
+            # The caller never learns these ids: forget them (the SDK resubmits on a 5xx).
+            if stored:
+                self._store.tasks.discard([t.task_id for t in new_tasks])
+            if created:
+                self._store.tasks.discard_group_if_empty(group.task_group_id)
             _ignore_outcomes(pending)
             raise
         return {
@@ -119,14 +148,15 @@ class Dispatcher:
             functions[key] = fn
         return functions
 
-    def _task_group(self, caller: Caller, task_group_id: str | None) -> TaskGroup:
+    def _task_group(
+        self, caller: Caller, task_group_id: str | None
+    ) -> tuple[str, TaskGroup | None]:
+        """The group's id, and the group when it exists already (else it is made later)."""
         tg = task_group_id or str(uuid.uuid4())
         group = self._store.tasks.get_group(tg)
-        if group is None:
-            return self._store.tasks.create_group(tg, caller.identity, time.time())
-        if group.owner != caller.identity:
+        if group is not None and group.owner != caller.identity:
             raise Forbidden(f"task group {tg} belongs to another identity")
-        return group
+        return tg, group
 
     # --- broker ---------------------------------------------------------------------------
 
@@ -139,7 +169,7 @@ class Dispatcher:
 
     async def _user_endpoint(
         self, caller: Caller, manager: Endpoint, body: SubmitIn
-    ) -> tuple[str, asyncio.Future[None]]:
+    ) -> asyncio.Future[None]:
         """The caller's UEP on `manager`: its queue declared and its start command sent."""
         uid = uep_id(manager.endpoint_id, caller.identity, body.user_endpoint_config)
         uep = UserEndpoint(
@@ -153,7 +183,7 @@ class Dispatcher:
         self._store.endpoints.save_uep(uep)
         # The queue must exist before the UEP starts: a missing one silently starves it.
         await self._topology.ensure_tasks_queue(uid)
-        return uid, await self._send_start(uep)
+        return await self._send_start(uep)
 
     async def _send_start(self, uep: UserEndpoint) -> asyncio.Future[None]:
         await self._topology.ensure_queue(commands_queue(uep.manager_id))
@@ -168,7 +198,7 @@ class Dispatcher:
         caller: Caller,
         endpoint_id: str,
         route_id: str,
-        group: TaskGroup,
+        group_id: str,
         body: SubmitIn,
         functions: dict[str, Function],
         received_ns: int,
@@ -182,7 +212,7 @@ class Dispatcher:
             new_tasks.extend(
                 NewTask(
                     tid,
-                    group.task_group_id,
+                    group_id,
                     fid,
                     endpoint_id,
                     route_id,
@@ -192,38 +222,6 @@ class Dispatcher:
                 for tid in ids
             )
         return new_tasks, ids_by_key
-
-    def _publish_tasks(
-        self,
-        route_id: str,
-        new_tasks: list[NewTask],
-        body: SubmitIn,
-        functions: dict[str, Function],
-        confirms: list[asyncio.Future[None]],
-    ) -> None:
-        """Publish every task now, adding each confirm future to `confirms`."""
-        code = {fn.function_id: fn.code for fn in functions.values()}
-        payloads = [p for plist in body.tasks.values() for p in plist]
-        spec = (
-            "null"
-            if body.resource_specification is None
-            else json.dumps(body.resource_specification)
-        )
-        serializers = body.result_serializers or []
-        queue = tasks_queue(route_id)
-        for task, payload in zip(new_tasks, payloads, strict=True):
-            message = Task(task_id=task.task_id, task_buffer=code[task.function_id] + payload)
-            props = pika.BasicProperties(
-                content_type="application/json",
-                delivery_mode=2,
-                headers={
-                    "function_uuid": task.function_id,
-                    "task_uuid": task.task_id,
-                    "resource_specification": spec,
-                    "result_serializers": serializers,
-                },
-            )
-            confirms.append(self._link.publish(TASKS_EXCHANGE, queue, pack(message), props))
 
     async def _confirmed(self, futures: list[asyncio.Future[None]]) -> None:
         try:
@@ -252,6 +250,75 @@ class Dispatcher:
                 await self._confirmed([await self._send_start(uep)])
             except BrokerUnavailable as e:
                 log.warning("could not re-send a start command: %s", e)
+
+
+def check_submission(body: SubmitIn, functions: dict[str, Function]) -> None:
+    """413 for a submission or a header-borne field over its limit (nothing is encoded yet).
+
+    Every task carries its function's code, so the size is code + payload per task.
+    """
+    size = sum(
+        len(functions[key].code) * len(payloads) + sum(map(len, payloads))
+        for key, payloads in body.tasks.items()
+    )
+    if size > MAX_SUBMISSION_BYTES:
+        raise PayloadTooLarge(
+            f"the submission's function code and payloads ({size} bytes) exceed"
+            f" {MAX_SUBMISSION_BYTES} bytes",
+            code="TASK_PAYLOAD_TOO_LARGE",
+        )
+    _check_field("resource_specification", body.resource_specification, MAX_RESOURCE_SPEC_BYTES)
+    _check_field("result_serializers", body.result_serializers, MAX_RESULT_SERIALIZERS_BYTES)
+    _check_field("user_endpoint_config", body.user_endpoint_config, MAX_USER_CONFIG_BYTES)
+    _check_field("user_runtime", body.user_runtime, MAX_USER_CONFIG_BYTES)
+
+
+def _check_field(name: str, value: Any, limit: int) -> None:
+    size = len(json.dumps(value).encode()) if value is not None else 0
+    if size > limit:
+        raise PayloadTooLarge(
+            f"{name} is {size} bytes as JSON; at most {limit} are accepted",
+            code="FIELD_TOO_LARGE",
+        )
+
+
+def encode_tasks(
+    new_tasks: list[NewTask], body: SubmitIn, functions: dict[str, Function]
+) -> list[tuple[bytes, pika.BasicProperties]]:
+    """Every task message of a submission, fully encoded (422 when one cannot be)."""
+    code = {fn.function_id: fn.code for fn in functions.values()}
+    payloads = [p for plist in body.tasks.values() for p in plist]
+    spec = (
+        "null" if body.resource_specification is None else json.dumps(body.resource_specification)
+    )
+    serializers = body.result_serializers or []
+    messages = []
+    header_bytes = 0
+    try:
+        for task, payload in zip(new_tasks, payloads, strict=True):
+            message = Task(task_id=task.task_id, task_buffer=code[task.function_id] + payload)
+            props = pika.BasicProperties(
+                content_type="application/json",
+                delivery_mode=2,
+                headers={
+                    "function_uuid": task.function_id,
+                    "task_uuid": task.task_id,
+                    "resource_specification": spec,
+                    "result_serializers": serializers,
+                },
+            )
+            messages.append((pack(message), props))
+        if messages:
+            # The headers are the same size for every task: one must fit in a frame.
+            header_bytes = sum(map(len, messages[0][1].encode()))
+    except (UnicodeError, ValueError, TypeError) as e:
+        raise Unprocessable(f"a task cannot be encoded: {e}") from None
+    if header_bytes > MAX_HEADER_BYTES:
+        raise PayloadTooLarge(
+            f"the task headers would be {header_bytes} bytes; at most {MAX_HEADER_BYTES}",
+            code="FIELD_TOO_LARGE",
+        )
+    return messages
 
 
 def _ignore_outcomes(futures: list[asyncio.Future[None]]) -> None:

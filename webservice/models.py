@@ -1,6 +1,8 @@
 """Request bodies, validated at the edge: a bad field is a 422 naming it, never a 5xx.
 
-Unknown keys are accepted and ignored, as newer SDKs may send fields we do not use.
+Unknown keys are accepted and ignored, as newer SDKs may send fields we do not use. Every body
+is checked first for what JSON allows but nothing downstream can store, encode or publish:
+strings with lone surrogates (not UTF-8) and nesting deeper than MAX_JSON_DEPTH.
 """
 
 from __future__ import annotations
@@ -8,7 +10,9 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from webservice.limits import MAX_JSON_DEPTH
 
 
 def canonical_uuid(value: str) -> str:
@@ -18,8 +22,39 @@ def canonical_uuid(value: str) -> str:
         raise ValueError(f"{value!r} is not a UUID") from e
 
 
+def _check_text(value: str) -> None:
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError as e:
+            raise ValueError(
+                f"text at offset {e.start} is not valid Unicode (a lone surrogate)"
+            ) from None
+
+
+def check_json(value: Any, depth: int = 0) -> None:
+    """Raise ValueError for nesting deeper than MAX_JSON_DEPTH or a string that is not UTF-8."""
+    if depth > MAX_JSON_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+    if isinstance(value, str):
+        _check_text(value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(str(key))
+            check_json(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            check_json(item, depth + 1)
+
+
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        check_json(data)
+        return data
 
 
 class FunctionIn(_Body):

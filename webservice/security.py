@@ -15,6 +15,9 @@ from webservice.errors import OAuthError, Unauthorized
 from webservice.scopes import COMPUTE_RS
 from webservice.store.credentials import Client
 
+#: Where the edge (`edge.py`) keeps the caller it authenticated before reading the body.
+CALLER_STATE = "caller"
+
 
 @dataclass(frozen=True)
 class Caller:
@@ -57,7 +60,7 @@ async def compute_caller(
     request: Request, services: Annotated[Services, Depends(get_services)]
 ) -> Caller:
     """The caller of a Compute API route: a live token for the Compute resource server."""
-    caller = _caller(services, _bearer(request))
+    caller = authenticate(request, services)
     if caller.resource_server != COMPUTE_RS:
         raise Unauthorized(
             f"the Bearer token is for {caller.resource_server!r}, not the Compute service"
@@ -67,6 +70,9 @@ async def compute_caller(
 
 def authenticate(request: Request, services: Services) -> Caller:
     """Any live access token of this service (raises Unauthorized)."""
+    known = getattr(request.state, CALLER_STATE, None)
+    if isinstance(known, Caller):
+        return known
     return _caller(services, _bearer(request))
 
 

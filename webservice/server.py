@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import socket
 import tempfile
@@ -17,6 +18,7 @@ import uvicorn
 from webservice.app import create_app
 from webservice.broker import PrivateRabbit, free_port
 from webservice.settings import Settings
+from webservice.transport import guarded_protocol, raise_descriptor_limit
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +46,8 @@ def _stable_port(state_dir: Path) -> int:
     Endpoints keep the AMQP URL they were given until they re-register, and the node's name
     (hence its durable queues on disk) contains the port.
     """
-    state_dir.mkdir(parents=True, exist_ok=True)
+    # Private from the first moment: the broker tightens its state dir too, but only later.
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     port_file = state_dir / PORT_FILE
     if port_file.exists():
         port = int(port_file.read_text().strip())
@@ -52,7 +55,9 @@ def _stable_port(state_dir: Path) -> int:
             return port
         log.warning("embedded broker port %s is taken; picking another", port)
     port = free_port()
-    port_file.write_text(f"{port}\n")
+    fd = os.open(port_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{port}\n")
     return port
 
 
@@ -71,9 +76,14 @@ def embedded_broker(db_path: str) -> Iterator[PrivateRabbit]:
         broker.stop()
 
 
-def run(settings: Settings, host: str, port: int, log_level: str = "info") -> bool:
-    """Serve until SIGINT/SIGTERM; False when the app could not start."""
-    config = uvicorn.Config(
+def uvicorn_config(
+    settings: Settings, host: str, port: int, log_level: str = "info"
+) -> uvicorn.Config:
+    """The app on uvicorn with the edge limits: header deadline, connection cap, EMFILE pause.
+
+    Every way of serving the app (the command, the in-process test server) should use this.
+    """
+    return uvicorn.Config(
         create_app(settings),
         host=host,
         port=port,
@@ -82,8 +92,18 @@ def run(settings: Settings, host: str, port: int, log_level: str = "info") -> bo
         # One line per request is a measurable cost at thousands of tasks per second.
         access_log=False,
         log_config=None,
+        http=guarded_protocol(settings.limits),
+        loop="webservice.transport:EdgeEventLoop",
+        timeout_keep_alive=int(settings.limits.keep_alive_s),
+        # The accept loop's length as well: keep a round of accepts short.
+        backlog=256,
     )
-    server = uvicorn.Server(config)
+
+
+def run(settings: Settings, host: str, port: int, log_level: str = "info") -> bool:
+    """Serve until SIGINT/SIGTERM; False when the app could not start."""
+    raise_descriptor_limit()
+    server = uvicorn.Server(uvicorn_config(settings, host, port, log_level))
     with _signals_left_to_uvicorn():
         server.run()
     return bool(server.started)

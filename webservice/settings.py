@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from webservice.limits import Limits
+
 #: The SDK's `local` environment is fixed at http://localhost:5000 (protocol.md §1.1).
 DEFAULT_HOST = "localhost"
 DEFAULT_PORT = 5000
@@ -47,6 +49,8 @@ class Settings:
     confirm_timeout_s: float = 30.0
     #: How long startup waits for the broker before giving up.
     broker_wait_s: float = 60.0
+    #: Request, submission and connection limits (`limits.py`).
+    limits: Limits = field(default_factory=Limits)
 
     @property
     def handout_amqp_url(self) -> str:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from endpoint.errors import LifecycleError, PermissionDenied
+from endpoint.host.files import write_replace
 
 log = logging.getLogger(__name__)
 
@@ -155,9 +156,7 @@ def _write_env_file(ep_dir: Path) -> None:
     secret = os.environ.get(_SECRET_ENV)
     if not secret:
         return
-    fd = os.open(ep_dir / BOOT_ENV_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(f"{_SECRET_ENV}={secret}\n")
+    write_replace(ep_dir / BOOT_ENV_FILE, f"{_SECRET_ENV}={secret}\n")
 
 
 def enable(name: str, ep_dir: Path, config_dir: Path) -> Enabled:

@@ -16,15 +16,25 @@ from typing import Any
 
 import yaml
 
-from endpoint.errors import EndpointExists
+from endpoint.errors import EndpointExists, LifecycleError
 from endpoint.host.dirs import CONFIG_FILE, has_config, user_dir, validate_name
+from endpoint.host.files import open_private
 
 TEMPLATE_FILE = "user_config_template.yaml.j2"
 SCHEMA_FILE = "user_config_schema.json"
 USER_ENV_FILE = "user_environment.yaml"
 ID_MAPPING_EXAMPLE = "example_identity_mapping_config.json"
 
-DEFAULT_ENGINE: dict[str, Any] = {"type": "ThreadPoolEngine", "max_workers": 4}
+#: A process pool, not a thread pool: a task that calls `os._exit`, segfaults or is killed in
+#: a thread runs inside the endpoint's own process and ends it at once, without a log line
+#: (issue 13); in a worker process it costs only its own task a `WorkerLost` result.
+DEFAULT_ENGINE: dict[str, Any] = {"type": "ProcessPoolEngine", "max_workers": 4}
+
+ENGINE_NOTE = """\
+# ProcessPoolEngine runs each task in a worker process, so a task that calls os._exit,
+# crashes or is killed ends only its worker. ThreadPoolEngine starts faster but runs tasks
+# inside the endpoint process: such a task would stop the endpoint itself.
+"""
 
 CONFIG_HEADER = """\
 # Globus Compute endpoint configuration (compute-endpoint).
@@ -116,19 +126,18 @@ def _config_data(opts: Options, identity_mapping: Path | None) -> dict[str, Any]
 
 
 def _write(path: Path, text: str, created: Created, mode: int = 0o600) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    fd = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     created.files.append(path)
     with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), mode)  # O_CREAT's mode is filtered by the umask
         f.write(text)
-    os.chmod(path, mode)  # O_CREAT's mode is filtered by the umask
 
 
 def _write_all(name: str, opts: Options, created: Created) -> None:
     ep_dir = created.ep_dir
     mapping = ep_dir / ID_MAPPING_EXAMPLE if opts.multi_user and is_privileged() else None
-    config = CONFIG_HEADER.format(name=name) + yaml.safe_dump(
-        _config_data(opts, mapping), sort_keys=False
-    )
+    header = CONFIG_HEADER.format(name=name) + ("" if opts.multi_user else ENGINE_NOTE)
+    config = header + yaml.safe_dump(_config_data(opts, mapping), sort_keys=False)
     _write(created.config, config, created)
     if not opts.multi_user:
         return
@@ -142,6 +151,10 @@ def _write_all(name: str, opts: Options, created: Created) -> None:
 def configure(name: str, opts: Options) -> Created:
     """Create `<user dir>/<name>/`; EndpointExists if it already has a configuration."""
     ep_dir = user_dir() / validate_name(name)
+    if ep_dir.is_symlink():
+        # mkdir and chmod would follow it: the files would land in, and the mode change hit,
+        # a directory someone else chose.
+        raise LifecycleError(f"{ep_dir} is a symbolic link; refusing to configure through it")
     if has_config(ep_dir):
         raise EndpointExists(f"endpoint {name!r} is already configured in {ep_dir}")
     old_umask = os.umask(0o077)

@@ -24,6 +24,7 @@ from globus_sdk.token_storage import SQLiteTokenStorage, TokenValidationError
 from endpoint import __version__
 from endpoint.amqp.queues import AmqpCreds
 from endpoint.errors import AuthError, ConfigError, ServiceError, ServiceUnreachable
+from endpoint.host.files import refuse_symlink
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,11 @@ def build_app(user_dir: Path, environment: str, login_flow_manager: Any = None) 
         namespace = f"clientprofile/{environment}/{client_id}"
     else:
         namespace = f"user/{environment}"
+    try:
+        # SQLite opens it by name, and the chmod below would follow a planted link too.
+        refuse_symlink(user_dir / STORAGE_FILE)
+    except OSError as e:
+        raise AuthError(f"cannot use the token storage: {e}") from None
     storage = SQLiteTokenStorage(user_dir / STORAGE_FILE, namespace=namespace)
     # It holds refresh tokens: private whatever the umask was.
     with contextlib.suppress(OSError):

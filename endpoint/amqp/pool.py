@@ -25,6 +25,7 @@ class SessionFactory(Protocol):
         dead_after: float | None = None,
         exclusive: bool = True,
         on_message: MessageSink | None = None,
+        consume_exchange: str | None = None,
     ) -> Session: ...
 
 

@@ -8,6 +8,12 @@ never leave this module.
 Delivery tags are only meaningful on the channel that produced them, so every connection gets
 a generation number: an ack for an older generation is dropped (the broker has already
 requeued that message and will redeliver it).
+
+The broker cancels a consumer whose queue is deleted; the channel stays open but nothing
+arrives. The session reports it (`SessionEvents.on_consumer`), then, with backoff and on a
+separate probe channel (a failed declare closes its channel), checks that the queue exists,
+re-declares it (and its binding) when it does not, and consumes again on the same channel, so
+the delivery tags of the generation stay valid.
 """
 
 from __future__ import annotations
@@ -71,6 +77,10 @@ class SessionEvents(Protocol):
         self, generation: int, tag: int, headers: dict[str, Any], body: bytes
     ) -> None: ...
     def on_confirms(self, keys: list[str], ok: bool) -> None: ...
+    def on_consumer(self, session: Session, generation: int, consuming: bool, reason: str) -> None:
+        """The broker cancelled the session's consumer (`consuming` False), or the session
+        consumes its queue again (True). A new connection reports `on_connected` instead."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -128,8 +138,12 @@ class AmqpSession:
         dead_after: float | None = None,
         exclusive: bool = True,
         on_message: MessageSink | None = None,
+        consume_exchange: str | None = None,
     ) -> None:
         self.url = url
+        # Where a re-declared consume queue is bound, by its own name (None or "": nowhere,
+        # the default exchange routes by queue name anyway).
+        self._consume_exchange = consume_exchange or None
         # A manager's command queue is consumed non-exclusively and needs the properties.
         self._exclusive = exclusive
         self._on_message = on_message
@@ -146,6 +160,9 @@ class AmqpSession:
         self._generation = 0
         self._ready = False
         self._attempt = 0
+        # consumer-cancel recovery, touched only on the I/O thread
+        self._consuming = False
+        self._consume_attempt = 0
         # publisher confirm bookkeeping, touched only on the I/O thread
         self._next_tag = 0
         self._in_flight: dict[int, str] = {}
@@ -189,7 +206,12 @@ class AmqpSession:
                 on_open_error_callback=self._on_open_error,
                 on_close_callback=self._on_closed,
             )
-            self._conn.ioloop.start()
+            try:
+                self._conn.ioloop.start()
+            finally:
+                # Every connection brings its own IOLoop, whose poller holds a socket pair until
+                # closed: left open, each reconnect would leak two descriptors.
+                self._conn.ioloop.close()
             if self._stopping.is_set():
                 break
             delay = backoff_delay(self._attempt)
@@ -217,6 +239,7 @@ class AmqpSession:
     def _on_consume_channel(self, ch: pika.channel.Channel) -> None:
         self._consume_ch = ch
         ch.add_on_close_callback(self._on_channel_closed)
+        ch.add_on_cancel_callback(self._on_consumer_cancelled)
         ch.basic_qos(prefetch_count=self._prefetch, callback=lambda _f: self._consume(ch))
 
     def _consume(self, ch: pika.channel.Channel) -> None:
@@ -236,17 +259,100 @@ class AmqpSession:
             self._queue,
             on_message,
             exclusive=self._exclusive,
-            callback=lambda _f: self._became_ready(),
+            callback=lambda _f: self._consuming_again() if self._ready else self._became_ready(),
         )
 
     def _became_ready(self) -> None:
         self._ready = True
+        self._consuming = True
         self._attempt = 0
+        self._consume_attempt = 0
         self._next_tag = 0
         self._in_flight.clear()
         self._returned.clear()
         log.info("%s: connected (generation %s)", self.name, self._generation)
         self._events.on_connected(self, self._generation)
+
+    # ---- consumer cancelled by the broker (its queue was deleted) -------------------------
+    def _on_consumer_cancelled(self, _frame: pika.frame.Method) -> None:
+        if self._stopping.is_set() or not self._consuming:
+            return
+        self._consuming = False
+        reason = f"the broker cancelled the consumer of queue {self._queue} (queue deleted?)"
+        log.error("%s: %s; no deliveries until it is consumed again", self.name, reason)
+        self._events.on_consumer(self, self._generation, False, reason)
+        self._retry_consume()
+
+    def _retry_consume(self) -> None:
+        conn = self._conn
+        if conn is None or self._stopping.is_set():
+            return
+        delay = backoff_delay(self._consume_attempt)
+        self._consume_attempt += 1
+        gen = self._generation
+        conn.ioloop.call_later(delay, lambda: self._probe(gen, passive=True))
+
+    def _can_reconsume(self, generation: int) -> bool:
+        """Still worth it: same connection, its consume channel open, not yet consuming."""
+        ch, conn = self._consume_ch, self._conn
+        return (
+            generation == self._generation
+            and not self._stopping.is_set()
+            and not self._consuming
+            and conn is not None
+            and conn.is_open
+            and ch is not None
+            and ch.is_open
+        )
+
+    def _probe(self, generation: int, passive: bool) -> None:
+        """Declare the queue on a throwaway channel: passively (does it exist?), or for real
+        (re-create it and bind it) after a passive declare found it missing."""
+        if not self._can_reconsume(generation):
+            return
+        assert self._conn is not None and self._queue is not None
+        queue, exchange = self._queue, self._consume_exchange
+        finished = threading.Event()  # set once the probe succeeded: its own close is no failure
+
+        def on_close(_ch: pika.channel.Channel, why: BaseException) -> None:
+            if not finished.is_set():
+                self._probe_failed(generation, passive, why)
+
+        def on_open(ch: pika.channel.Channel) -> None:
+            ch.add_on_close_callback(on_close)
+            ch.queue_declare(queue, passive=passive, durable=True, callback=lambda _f: bind(ch))
+
+        def bind(ch: pika.channel.Channel) -> None:
+            if passive or exchange is None:
+                done(ch)
+            else:
+                ch.queue_bind(queue, exchange, routing_key=queue, callback=lambda _f: done(ch))
+
+        def done(ch: pika.channel.Channel) -> None:
+            finished.set()
+            ch.close()
+            consume_ch = self._consume_ch
+            if self._can_reconsume(generation) and consume_ch is not None:
+                self._consume(consume_ch)
+
+        self._conn.channel(on_open_callback=on_open)
+
+    def _probe_failed(self, generation: int, passive: bool, why: BaseException) -> None:
+        if not self._can_reconsume(generation):
+            return
+        missing = isinstance(why, pika.exceptions.ChannelClosedByBroker) and why.reply_code == 404
+        if passive and missing:
+            log.warning("%s: queue %s is gone; declaring it again", self.name, self._queue)
+            self._probe(generation, passive=False)
+            return
+        log.warning("%s: cannot consume %s yet: %s", self.name, self._queue, why)
+        self._retry_consume()
+
+    def _consuming_again(self) -> None:
+        self._consuming = True
+        self._consume_attempt = 0
+        log.info("%s: consuming %s again", self.name, self._queue)
+        self._events.on_consumer(self, self._generation, True, "")
 
     def _on_open_error(self, conn: pika.BaseConnection, err: BaseException) -> None:
         # Some of pika's connection errors stringify to "": the class name still says what.
@@ -255,6 +361,7 @@ class AmqpSession:
 
     def _on_closed(self, conn: pika.BaseConnection, reason: BaseException) -> None:
         was_ready, self._ready = self._ready, False
+        self._consuming = False
         self._consume_ch = self._publish_ch = None
         lost = list(self._in_flight.values())
         self._in_flight.clear()

@@ -22,18 +22,11 @@ from endpoint.admin import delete as deletion
 from endpoint.admin.listing import list_endpoints
 from endpoint.admin.service import ENDPOINT_PROTOCOL_VERSION
 from endpoint.cli import completion
-from endpoint.cli.exits import (  # noqa: F401  (re-exported for tests and scripts)
-    EX_CANTCREAT,
+from endpoint.cli.exits import (
     EX_CONFIG,
-    EX_DATAERR,
     EX_FAILURE,
     EX_INTERRUPTED,
-    EX_NOPERM,
     EX_OK,
-    EX_SOFTWARE,
-    EX_STOP_FAILED,
-    EX_TEMPFAIL,
-    EX_UNAVAILABLE,
     EX_USAGE,
     EXIT_CODES,
     exit_code,

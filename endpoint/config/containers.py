@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from endpoint.config.issues import Issue, fail
 from endpoint.containers.router import (
@@ -62,6 +62,8 @@ class ContainerSettings(BaseModel):
     A mixin rather than a base class so that `endpoint.config.engines` can use it without
     an import cycle; the engine config classes put it first, before `EngineConfig`.
     """
+
+    model_config = ConfigDict(allow_inf_nan=False)  # merged with the engine model's
 
     container_type: ContainerType | None = None
     container_uri: str | None = None

@@ -21,7 +21,7 @@ from endpoint.protocol.limits import DEFAULT_RESULT_SIZE_LIMIT
 class EngineConfig(BaseModel):
     """Options of every engine; subclasses add their own and a ``type`` literal."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     #: Selects the model (see `endpoint.config.model`); each subclass narrows it.
     type: str

@@ -22,6 +22,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PydanticSchemaGenerationError,
+    PydanticUserError,
     TypeAdapter,
     ValidationError,
     ValidationInfo,
@@ -69,10 +70,13 @@ _MINIMUM: dict[str, float] = {
 _OWNED = frozenset({"self", "label", "provider", "address", "encrypted", "working_dir"})
 
 
+_FINITE = ConfigDict(allow_inf_nan=False)
+
+
 class JobStatusKwargs(BaseModel):
     """How Parsl scales blocks between the provider's min_blocks and max_blocks."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     max_idletime: float = Field(default=120.0, ge=0)
     strategy: Literal["simple", "none", "htex_auto_scale"] = "simple"
@@ -99,9 +103,12 @@ def _adapter(name: str, hint: Any) -> TypeAdapter[Any] | None:
     if hint is None or name == "manager_selector":
         return None  # manager_selector is a {type: ...} spec, checked by parsl_types
     try:
-        return TypeAdapter(hint)
+        # Finite numbers only: YAML reads .inf and .nan as floats.
+        return TypeAdapter(hint, config=_FINITE)
     except PydanticSchemaGenerationError:
         return None
+    except PydanticUserError:  # a hint that carries its own config (a model): as it is
+        return TypeAdapter(hint)
 
 
 def _strip_nulls(spec: Any) -> Any:

@@ -84,7 +84,7 @@ def resolve_path(value: str, info: ValidationInfo) -> Path:
 class BaseConfig(BaseModel):
     """Keys both kinds share (features.md §2.2)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     display_name: str | None = None
     # Checked by the web service at submit time and again per task by the endpoint.
@@ -144,7 +144,7 @@ class BaseConfig(BaseModel):
 class PathsConfig(BaseModel):
     """Where a user endpoint keeps its files (official 4.19 ``paths``)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     # None: <user dir>/<endpoint name>
     endpoint_dir: Path | None = None
@@ -215,7 +215,7 @@ class EndpointConfig(BaseConfig):
 class PamConfig(BaseModel):
     """PAM account and session checks before a user endpoint starts (features.md §5.8)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     # As upstream: writing a `pam:` block turns PAM on unless it says `enable: false`.
     enable: bool = True

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import math
 import typing
 from collections.abc import Callable
 from typing import Any, Literal
@@ -99,7 +100,99 @@ def options(kind: Kind, type_name: str) -> set[str]:
         return set()
 
 
-def _value_problem(key: str, value: Any) -> str | None:
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _integer(minimum: int) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            return f"must be an integer of at least {minimum}, got {_short(value)}"
+        return None
+
+    return check
+
+
+def _string(value: Any) -> str | None:
+    if isinstance(value, str):
+        return None
+    return f"must be a string, got {type(value).__name__} {_short(value)} (quote it in YAML)"
+
+
+def _boolean(value: Any) -> str | None:
+    return None if isinstance(value, bool) else f"must be true or false, got {_short(value)}"
+
+
+def _fraction(value: Any) -> str | None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1
+    return None if ok else f"must be a number between 0 and 1, got {_short(value)}"
+
+
+#: What Parsl assumes of the options its providers and launchers share, most of which no
+#: signature states (LocalProvider, PBSProProvider, ... take anything): `max_blocks: -1` or
+#: `worker_init: [1, 2]` would otherwise pass and break when a block starts.
+_OPTION_RULES: dict[str, Callable[[Any], str | None]] = {
+    **dict.fromkeys(("init_blocks", "min_blocks", "max_blocks", "mem_per_node"), _integer(0)),
+    **dict.fromkeys(
+        (
+            "nodes_per_block",
+            "cmd_timeout",
+            "cpus_per_node",
+            "cores_per_node",
+            "cores_per_block",
+            "gpus_per_node",
+            "cores_per_slot",
+            "status_batch_size",
+            "cmd_chunk_size",
+        ),
+        _integer(1),
+    ),
+    "parallelism": _fraction,
+    **dict.fromkeys(
+        (
+            "worker_init",
+            "scheduler_options",
+            "select_options",
+            "account",
+            "queue",
+            "partition",
+            "qos",
+            "constraint",
+            "project",
+            "overrides",
+        ),
+        _string,
+    ),
+    **dict.fromkeys(
+        (
+            "linger",
+            "exclusive",
+            "bsub_redirection",
+            "request_by_nodes",
+            "debug",
+            "fail_on_any",
+            "run_as_non_root",
+        ),
+        _boolean,
+    ),
+}
+
+
+def _non_finite(value: Any) -> bool:
+    """Whether ``value`` is or holds .inf or .nan (YAML reads both as floats)."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_non_finite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_non_finite(v) for v in value)
+    return False
+
+
+def _value_problem(target: Callable[..., Any], key: str, value: Any) -> str | None:
+    if _non_finite(value):
+        return f"must be a finite number, got {_short(value)}"
     # YAML 1.1 reads an unquoted 10:00:00 as the base-60 integer 36000, which Parsl would
     # pass to the scheduler as minutes or seconds: a silent, wrong walltime.
     if key == "walltime" and not isinstance(value, str):
@@ -107,7 +200,10 @@ def _value_problem(key: str, value: Any) -> str | None:
             f"must be a string like '01:30:00', got the number {value!r} (YAML reads an"
             " unquoted H:MM:SS with a non-zero first digit as a base-60 number; quote it)"
         )
-    return None
+    if problem := _type_problem(target, key, value):
+        return problem  # the signature's own types (typeguard) say it first
+    rule = _OPTION_RULES.get(key)
+    return rule(value) if rule is not None else None
 
 
 @functools.cache
@@ -167,7 +263,7 @@ def check_spec(kind: Kind, spec: Any) -> list[SpecError]:
         elif key not in names and not open_kwargs:
             hint = _GONE.get(key) or f"unknown option of {type_name}{did_you_mean(key, names)}"
             errors.append(((key,), hint))
-        elif problem := _value_problem(key, value) or _type_problem(target, key, value):
+        elif problem := _value_problem(target, key, value):
             errors.append(((key,), problem))
     present = {k for k, v in spec.items() if v is not None}
     errors += [((key,), f"required by {type_name}") for key in sorted(required - present)]

@@ -22,6 +22,7 @@ from typing import Any
 import psutil  # a Parsl dependency
 
 from endpoint.errors import LifecycleError, StopFailed
+from endpoint.host.files import open_log
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def detach(log_path: Path, work_dir: Path) -> Parent | Daemon:
 
 def _redirect_stdio(log_path: Path) -> None:
     devnull = os.open(os.devnull, os.O_RDONLY)
-    out = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    out = open_log(log_path)
     os.dup2(devnull, 0)
     os.dup2(out, 1)
     os.dup2(out, 2)

@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 
 from endpoint.errors import LifecycleError, NotConfigured
+from endpoint.host.files import write_replace
 
 ENDPOINT_JSON = "endpoint.json"
 CONFIG_FILE = "config.yaml"
@@ -111,9 +112,4 @@ def read_endpoint_id(ep_dir: Path) -> str | None:
 
 
 def write_endpoint_id(ep_dir: Path, endpoint_id: str) -> None:
-    path = ep_dir / ENDPOINT_JSON
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"endpoint_id": endpoint_id}, f)
-    tmp.replace(path)
+    write_replace(ep_dir / ENDPOINT_JSON, json.dumps({"endpoint_id": endpoint_id}))

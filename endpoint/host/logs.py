@@ -7,12 +7,14 @@ backup as the official endpoint does, and mirrors it to stderr while in the fore
 
 from __future__ import annotations
 
+import io
 import logging
 import logging.handlers
 import os
-import stat
 import sys
 from pathlib import Path
+
+from endpoint.host.files import is_special, open_append
 
 LOG_MAX_BYTES = 100 * 1024 * 1024
 LOG_BACKUPS = 1
@@ -28,16 +30,22 @@ _QUIET = ("pika", "globus_sdk", "urllib3", "parsl")
 _OURS = "endpoint"
 
 
-def _file_handler(path: Path) -> logging.Handler:
+class _NoFollowRotatingHandler(logging.handlers.RotatingFileHandler):
+    """Opens (and re-opens after each rollover) its file without following a symlink."""
+
+    def _open(self) -> io.TextIOWrapper:
+        fd = open_append(self.baseFilename)
+        return os.fdopen(fd, "a", encoding=self.encoding, errors=self.errors)
+
+
+def file_handler(path: Path) -> logging.Handler:
+    """The handler of the endpoint's log file; OSError if a symlink or FIFO was planted."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if path.exists() and not stat.S_ISREG(path.stat().st_mode):
-        # /dev/stdout and friends cannot be rotated.
+    if is_special(path):
+        # /dev/stdout and friends, named on purpose: followed, and never rotated.
         return logging.FileHandler(path, mode="a")
-    if not path.exists():
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
-    return logging.handlers.RotatingFileHandler(
-        path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS
-    )
+    os.close(open_append(path))  # refuses a planted link before anything is written
+    return _NoFollowRotatingHandler(path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS)
 
 
 def configure(
@@ -66,7 +74,7 @@ def configure(
     # the one-line reason and its retry plan instead. `--debug` still shows them.
     logging.getLogger("pika.adapters").setLevel(logging.DEBUG if debug else logging.CRITICAL)
     if log_file is not None:
-        handler = _file_handler(log_file)
+        handler = file_handler(log_file)
         handler.setFormatter(logging.Formatter(FILE_FORMAT))
         root.addHandler(handler)
     if console:

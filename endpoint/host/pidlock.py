@@ -29,6 +29,7 @@ from pathlib import Path
 
 from endpoint.errors import AlreadyRunning, LifecycleError
 from endpoint.host.dirs import read_endpoint_id
+from endpoint.host.files import open_private
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,7 @@ class PidLock:
     def acquire(cls, ep_dir: Path) -> PidLock:
         path = ep_dir / PID_FILE
         for _ in range(50):
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = open_private(path, os.O_RDWR | os.O_CREAT)  # never through a planted link
             cls._lock(fd, ep_dir)
             # A concurrent stale-file cleanup may have unlinked the file we opened: start over.
             if _same_file(fd, path):

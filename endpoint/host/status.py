@@ -9,18 +9,19 @@ broker looks alive while every task waits (anchors §1c, "half-working" endpoint
 |---------------------------------------------------------------------------------------|
 | the process that wrote the file still holds the endpoint's pid-file lock              |
 | its state is `running` and its task and result AMQP sessions are connected             |
+| it consumes its task queue (the broker did not cancel its consumer: a deleted queue)  |
 | its last heartbeat went out less than 2 x heartbeat_period + FRESHNESS_SLACK_S ago      |
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from endpoint.host.files import write_replace
 from endpoint.host.pidlock import probe
 
 STATUS_FILE = "status.json"
@@ -31,15 +32,11 @@ FRESHNESS_SLACK_S = 10.0
 
 
 def write_status(ep_dir: Path, doc: dict[str, Any]) -> None:
-    """Replace status.json atomically (temp file + rename), private to the endpoint's user."""
-    path = ep_dir / STATUS_FILE
-    tmp = ep_dir / f".{STATUS_FILE}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        # `default=str`: engine status may carry values json cannot encode (paths, enums).
-        json.dump(doc, f, indent=2, sort_keys=True, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
+    """Replace status.json atomically (temp file + rename), private to the endpoint's user;
+    a planted symlink is replaced, never written through (`endpoint.host.files`)."""
+    # `default=str`: engine status may carry values json cannot encode (paths, enums).
+    text = json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n"
+    write_replace(ep_dir / STATUS_FILE, text)
 
 
 def read_status(ep_dir: Path) -> dict[str, Any] | None:
@@ -86,6 +83,8 @@ def judge(
     if not doc.get("amqp_connected"):
         down = sorted(name for name, up in sessions.items() if not up) or ["unknown"]
         return Health(False, f"AMQP not connected ({', '.join(down)} down)")
+    if doc.get("amqp_consuming") is False:  # absent in files of older versions: consuming
+        return Health(False, "the broker cancelled the task queue consumer (queue deleted?)")
     last = doc.get("last_heartbeat_unix")
     if not isinstance(last, int | float):
         return Health(False, "no heartbeat published yet")

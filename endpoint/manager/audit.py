@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from endpoint.errors import SpawnError
+from endpoint.host.files import open_private
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ class AuditLog:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        self._fd = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         os.fchmod(self._fd, 0o600)
 
     def record(self, event: str, **fields: Any) -> None:

@@ -249,6 +249,9 @@ class Manager(EventLoop):
     def on_delivery(self, generation: int, tag: int, headers: dict[str, Any], body: bytes) -> None:
         pass  # commands arrive through `_on_message`, with their properties
 
+    def on_consumer(self, session: Session, generation: int, consuming: bool, reason: str) -> None:
+        pass  # the session logs it and consumes the command queue again once it can
+
     def on_confirms(self, keys: list[str], ok: bool) -> None:
         if "final-heartbeat" in keys:
             self._goodbye_sent.set()

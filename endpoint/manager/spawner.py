@@ -180,6 +180,7 @@ class ForkServer:
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        self._reap()  # a helper that died: restarted here, it must not stay a zombie
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         cmd = [sys.executable, "-P", "-m", "endpoint.manager.spawner", "--fd", str(theirs.fileno())]
         if self._title:
@@ -234,6 +235,7 @@ class ForkServer:
             orphans = sorted(self._children)
             self._children.clear()
             self._replied.notify_all()
+        sock.close()  # the helper's end is gone; a second close (from close()) is harmless
         if orphans:
             log.error("the user endpoint spawner exited; its user endpoints %s are lost", orphans)
         for pid in orphans:
@@ -282,12 +284,18 @@ class ForkServer:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
-        if self._proc is not None:
-            try:
-                self._proc.wait(CHILD_GRACE_S + 5)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        self._reap()
+
+    def _reap(self) -> None:
+        """Wait for the helper, whose socket is closed: it ends its user endpoints, then exits."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
+            proc.wait(CHILD_GRACE_S + 5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 # ---- the fork server: the helper process --------------------------------------------------

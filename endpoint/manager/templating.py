@@ -8,6 +8,12 @@ not trusted with the manager's YAML, so:
 * every string the submitter sent reaches the template as its JSON encoding, quotes included
   (None as ``null``), so a value can never end a YAML scalar or start a new key: templates
   compare against ``'"text"'``, exactly as with the official endpoint;
+* a list or mapping renders (``{{ value }}``) as JSON, a YAML flow collection, never as
+  Python's repr, whose quotes YAML does not share (issue 13: a crafted list closed the flow
+  mapping around it and added provider keys); its items are escaped like any value for loops.
+  The JSON keeps every character as it is (an emoji does not become a surrogate pair, which
+  YAML would read as two lone surrogates) except those YAML would not take literally, which
+  are escaped; lone surrogates and non-finite numbers are refused;
 * `|shell_escape` shell-quotes a value for a shell snippet. Its output is meant to be a whole
   YAML value (YAML then strips the JSON quotes and the shell sees one quoted word). Embedded
   in a longer line the JSON quotes stay and the shell would expand ``$`` and backticks inside
@@ -26,6 +32,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shlex
@@ -57,6 +64,9 @@ _SAFE_KEY = re.compile(r"^[\w.\-/+@]{1,128}$")
 _SHELL_ACTIVE = re.compile(r"[$`]")
 #: Bigger renders are refused: the config travels to the user endpoint through a pipe.
 MAX_RENDERED_BYTES = 256 * 1024
+#: Characters JSON leaves literal but YAML would not read back as themselves: C1 controls
+#: and DEL (not printable for YAML), NEL, LS and PS (YAML line breaks), BOM and non-characters.
+_YAML_LITERAL_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029\ufeff\ufffe\uffff]")
 
 
 @dataclass(frozen=True)
@@ -147,8 +157,50 @@ def check_options(options: dict[str, Any], schema: dict[str, Any] | None) -> Non
         )
 
 
+def yaml_json(value: Any) -> str:
+    """``value`` as JSON that YAML reads back unchanged (a flow collection or scalar)."""
+    text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+    return _YAML_LITERAL_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+class JsonList(list[Any]):
+    """A submitter's list in a template: escaped items, rendered whole as JSON."""
+
+    def __init__(self, items: list[Any], text: str) -> None:
+        super().__init__(items)
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class JsonDict(dict[str, Any]):
+    """A submitter's mapping in a template: escaped values, rendered whole as JSON."""
+
+    def __init__(self, items: dict[str, Any], text: str) -> None:
+        super().__init__(items)
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _check_scalar(data: Any, path: str) -> None:
+    if isinstance(data, str):
+        try:
+            data.encode()
+        except UnicodeEncodeError as e:
+            raise UserOptionsInvalid(
+                f"user_endpoint_config: {path or 'value'} is not valid Unicode"
+                f" (a lone surrogate at character {e.start})"
+            ) from None
+    elif isinstance(data, float) and not math.isfinite(data):
+        raise UserOptionsInvalid(f"user_endpoint_config: {path or 'value'} must be a finite number")
+
+
 def escape_values(data: Any, path: str = "") -> Any:
-    """The options as the template sees them: strings JSON-encoded, None as ``null``."""
+    """The options as the template sees them: strings JSON-encoded, None as ``null``, lists
+    and mappings of escaped values that render as JSON."""
     if isinstance(data, dict):
         out = {}
         for key, value in data.items():
@@ -157,12 +209,15 @@ def escape_values(data: Any, path: str = "") -> Any:
                     f"user_endpoint_config: key {key!r} under {path} may only use letters, "
                     "digits and _ . - / + @"
                 )
+            _check_scalar(key, f"{path} key" if path else "a key")
             out[key] = escape_values(value, f"{path}.{key}" if path else str(key))
-        return out
+        return JsonDict(out, yaml_json(data))
     if isinstance(data, list):
-        return [escape_values(v, f"{path}[{i}]") for i, v in enumerate(data)]
+        items = [escape_values(v, f"{path}[{i}]") for i, v in enumerate(data)]
+        return JsonList(items, yaml_json(data))
+    _check_scalar(data, path)
     if isinstance(data, str):
-        return json.dumps(data)
+        return yaml_json(data)
     if data is None:
         return "null"
     if isinstance(data, int | float):  # bool is an int: it renders as YAML true/false
@@ -193,7 +248,7 @@ def shell_escape(value: Any) -> Any:
     if not isinstance(raw, str):
         return value
     quoted = shlex.quote(raw)
-    text = json.dumps(quoted)
+    text = yaml_json(quoted)
     emitted = _EMITTED.get()
     if emitted is not None:
         emitted.append((quoted, text))

@@ -58,6 +58,13 @@ class Result:
     packed: bytes
 
 
+@dataclass(frozen=True)
+class ConsumerChanged:
+    """The broker cancelled the task consumer (its queue was deleted), or it consumes again."""
+
+    consuming: bool
+
+
 class EndpointRuntime(EventLoop):
     def __init__(
         self,
@@ -114,6 +121,7 @@ class EndpointRuntime(EventLoop):
         self._pool = SessionPool(self, sessions)
         self.consumer, self.publisher, self.hb_session = self._sessions(queues, settings)
         self._session_up = {s.name: False for s in self._pool.all()}
+        self._consuming = True  # False while the broker has cancelled the task consumer
 
     def _sessions(
         self, queues: EndpointQueues, settings: RuntimeSettings
@@ -127,6 +135,8 @@ class EndpointRuntime(EventLoop):
             consume_queue=queues.tasks.queue,
             prefetch_count=settings.prefetch_count,
             dead_after=dead_after,
+            # A deleted task queue is declared again and bound to the exchange tasks come by.
+            consume_exchange=queues.tasks.exchange or None,
         )
         publisher = self._pool.session(
             queues.results.connection_url, "amqp-results", dead_after=dead_after
@@ -145,6 +155,10 @@ class EndpointRuntime(EventLoop):
 
     def on_delivery(self, generation: int, tag: int, headers: dict[str, Any], body: bytes) -> None:
         self._events.put(Delivery(generation, tag, headers, body))
+
+    def on_consumer(self, session: Session, generation: int, consuming: bool, reason: str) -> None:
+        if session is self.consumer:
+            self._events.put(ConsumerChanged(consuming))
 
     def on_confirms(self, keys: list[str], ok: bool) -> None:
         if ok and self._last_words in keys:
@@ -266,7 +280,11 @@ class EndpointRuntime(EventLoop):
         match ev:
             case Confirms(keys, ok):
                 plan.extend(self.ix.on_confirms(keys, ok))
+            case ConsumerChanged(consuming):
+                self._consumer_changed(consuming)
             case Connected(session):
+                if session is self.consumer:
+                    self._consuming = True  # a new connection consumes from its start
                 self._session_changed(session, up=True)
                 if session is self.hb_session:
                     self._heartbeat(active=True)  # say hello as soon as we can be heard
@@ -363,6 +381,11 @@ class EndpointRuntime(EventLoop):
             self._session_up[session.name] = up
             self._write_status()
 
+    def _consumer_changed(self, consuming: bool) -> None:
+        if consuming != self._consuming:
+            self._consuming = consuming
+            self._write_status()
+
     def _write_status(self, engine_status: dict[str, Any] | None = None) -> None:
         doc = {
             "pid": os.getpid(),
@@ -373,6 +396,8 @@ class EndpointRuntime(EventLoop):
                 self._session_up[s.name] for s in (self.consumer, self.publisher)
             ),
             "amqp_sessions": dict(self._session_up),
+            # The broker may cancel the consumer of a connected session (its queue deleted).
+            "amqp_consuming": self._consuming,
             "last_heartbeat_unix": self._last_heartbeat,
             "heartbeat_period": self.heartbeat_period,
             "engine": self._engine_status() if engine_status is None else engine_status,

@@ -58,6 +58,21 @@ class Plan:
         return bool(self.add_tasks or self.started or self.results or self.forget)
 
 
+def is_task_id(value: str) -> bool:
+    """A task id as the service makes them: a UUID in its 36-character hyphenated form.
+
+    Anything else cannot come back: the result's message id (an AMQP short string, at most
+    255 bytes) or the service's lookup would refuse it, and the result would be republished
+    forever."""
+    if len(value) != 36:
+        return False
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
 def _header_str(headers: dict[str, Any], key: str) -> str | None:
     value = headers.get(key)
     if isinstance(value, bytes):
@@ -174,6 +189,17 @@ class Interchange:
             log.error(
                 "rejecting a delivery without task_uuid/function_uuid headers: %s",
                 sorted(d.headers),
+            )
+            self.counters["rejected"] += 1
+            plan.rejects.append((d.generation, d.tag))
+            return
+        if not is_task_id(task_id):
+            # No result for it could be delivered: dead-letter it now, with one line, rather
+            # than run it and retry its result forever.
+            log.error(
+                "rejecting a delivery whose task_uuid is not a UUID: %r (%s characters)",
+                task_id[:64],
+                len(task_id),
             )
             self.counters["rejected"] += 1
             plan.rejects.append((d.generation, d.tag))

@@ -12,6 +12,7 @@ results not confirmed, so the broker still holds them.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from endpoint.errors import JournalError
+from endpoint.host.files import open_private, refuse_symlink
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -47,6 +49,13 @@ class JournaledTask:
 class Journal:
     def __init__(self, path: Path | str) -> None:
         self.path = str(path)
+        try:
+            # SQLite opens its files by name and would follow a planted symlink.
+            for name in (self.path, f"{self.path}-wal", f"{self.path}-shm"):
+                refuse_symlink(name)
+            os.close(open_private(self.path, os.O_RDWR | os.O_CREAT))
+        except OSError as e:
+            raise JournalError(f"cannot open journal {self.path}: {e}") from e
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")

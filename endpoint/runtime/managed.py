@@ -29,6 +29,7 @@ from endpoint.config.rendered import validate_rendered
 from endpoint.errors import AlreadyRunning, EndpointError, ProtocolError, SetupFailed
 from endpoint.host import hooks, logs
 from endpoint.host.dirs import user_dir
+from endpoint.host.files import open_log
 from endpoint.host.pidlock import PidLock
 from endpoint.protocol.pipe import LaunchDoc, StatusPipe
 from endpoint.runtime.adapter import EndpointRuntime
@@ -66,7 +67,7 @@ class Prepared:
 
 def _redirect_output(log_path: Path) -> None:
     # Engines and endpoint_setup inherit stdout/stderr: they belong in this endpoint's log.
-    out = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    out = open_log(log_path)
     os.dup2(out, 1)
     os.dup2(out, 2)
     os.close(out)

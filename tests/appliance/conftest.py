@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from tests.timeouts import set_suite_timeout
 from webservice.server import port_is_free
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,6 +39,13 @@ ENDPOINT_JSON = "/var/lib/compute-endpoint/.globus_compute/default/endpoint.json
 COMPUTE_SCOPE = "https://auth.globus.org/scopes/facd7ccc-c5f4-42aa-916b-a0e270e2c2a9/all"
 #: How long a test waits for another process to give localhost:5000 back.
 SDK_PORT_WAIT_S = float(os.environ.get("APPLIANCE_SDK_PORT_WAIT_S", "300"))
+#: The session's first test also runs `make images broker-image` (up to 1800 s, its own
+#: limit) and may wait SDK_PORT_WAIT_S for localhost:5000: far beyond the global 300 s.
+SUITE_TIMEOUT_S = 2400
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    set_suite_timeout(items, Path(__file__).parent, SUITE_TIMEOUT_S)
 
 
 def version() -> str:

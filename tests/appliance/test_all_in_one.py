@@ -81,13 +81,11 @@ def test_tini_supervises_every_program_under_the_arbitrary_uid(aio: Container) -
 
 
 def test_docker_stop_stops_the_programs_in_order_within_the_grace_period(aio: Container) -> None:
-    started = time.monotonic()
     docker("stop", aio.name)  # Docker's default grace: 10 s, then SIGKILL
-    elapsed = time.monotonic() - started
     state = aio.inspect()["State"]
     logs = aio.logs(tail=400)
-    print(f"\n[appliance] all-in-one docker stop: {elapsed:.1f}s, exit {state['ExitCode']}")
-    assert elapsed < 10 and state["ExitCode"] == 0, logs
+    # Exit 0, not 137: it ended by itself before the grace ran out and Docker's SIGKILL came.
+    assert state["ExitCode"] == 0 and not state["OOMKilled"], logs
     # Endpoint first (its last heartbeat still reaches the service), broker last.
     order = [logs.index(f"stopped: {p} (exit status 0)") for p in ("endpoint", "webservice")]
     assert order == sorted(order) and "stopped: broker" in logs, logs

@@ -127,17 +127,18 @@ def test_the_endpoint_is_unhealthy_without_its_broker_and_healthy_after(stack: S
     print(f"[appliance] healthy again {time.monotonic() - started:.1f}s after the broker")
 
 
-def test_docker_stop_ends_the_endpoint_in_10s_with_a_final_heartbeat(stack: Stack) -> None:
+def test_docker_stop_ends_the_endpoint_within_its_grace_with_a_final_heartbeat(
+    stack: Stack,
+) -> None:
     endpoint = stack.container("endpoint")
     env = sdk_env(stack)
-    started = time.monotonic()
     docker("stop", "--time", "10", endpoint.name)
-    elapsed = time.monotonic() - started
     state = endpoint.inspect()["State"]
-    print(f"\n[appliance] endpoint docker stop: {elapsed:.1f}s, exit {state['ExitCode']}")
-    assert elapsed < 10 and state["ExitCode"] == 0, endpoint.logs()
+    # Exit 0, not 137: it ended by itself before the grace ran out and Docker's SIGKILL came.
+    assert state["ExitCode"] == 0 and not state["OOMKilled"], endpoint.logs()
     # The service consumes heartbeats asynchronously; right after the broker came back (the
-    # previous test) its consumer may still be in its reconnect backoff (at most ~15 s).
+    # previous test) its consumer may still be in its reconnect backoff (at most ~15 s): a
+    # deadline to stop waiting, not a figure.
     deadline = time.monotonic() + 30
     while True:
         status = service_get(env, f"/v2/endpoints/{env['ENDPOINT_ID']}/status")
@@ -145,8 +146,7 @@ def test_docker_stop_ends_the_endpoint_in_10s_with_a_final_heartbeat(stack: Stac
         if ok or time.monotonic() > deadline:
             break
         time.sleep(0.5)
-    print(f"[appliance] final heartbeat seen {time.monotonic() - started - elapsed:.1f}s after")
-    assert ok, f"{status}\n{stack.logs()}"
+    assert ok, f"{status}\n{stack.logs()}"  # the final heartbeat arrived
     stack.compose("up", "-d")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +20,16 @@ from tests.containers.images import (
     load_into_podman,
     podman_conf,
 )
+from tests.timeouts import set_suite_timeout
+
+#: The session's first test also builds the worker images (a wheelhouse, then docker builds)
+#: whenever the sources changed: minutes on a cold cache, beyond the global 300 s.
+SUITE_TIMEOUT_S = 1200
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    set_suite_timeout(items, Path(__file__).parent, SUITE_TIMEOUT_S)
+
 
 #: Never pulled: the registry is a closed port on loopback, so the pull fails at once and
 #: nothing leaves the machine.

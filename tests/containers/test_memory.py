@@ -9,7 +9,6 @@ beside it on the other worker finishes and the engine goes on serving.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -81,17 +80,14 @@ def test_a_task_that_exhausts_its_containers_memory_fails_with_the_cause(
     assert pool.wait_ready(120) and pool.failure() is None
     wait_until(lambda: pool.status()["idle_workers"] == 2, timeout=120)
     doomed, beside = submission(hog, 1024), submission(memory_limit)
-    began = time.monotonic()
     pool.submit(doomed)
     pool.submit(beside)
 
-    (failure,) = results.wait(doomed.task_id, timeout=60)
-    took = time.monotonic() - began
+    (failure,) = results.wait(doomed.task_id, timeout=60)  # a deadline, not a figure
     assert failure.error_details is not None, failure.data
     assert failure.error_details["code"] == "WorkerLost"
     assert "attempt 1: worker process" in failure.data and "attempt 2" not in failure.data
     assert CAUSE in failure.data, failure.data
-    assert took < 30, f"the failure took {took:.1f} s"
 
     # The other worker, under the same limit, finished its task untouched.
     assert ok(results.wait(beside.task_id, timeout=60)[0]) == LIMIT_MIB << 20

@@ -54,10 +54,10 @@ def test_list_shows_running_and_one_stop_suffices(stack: Stack) -> None:
     assert status(stack, "life") == "Running"
     again = cli(stack, "start", "life")
     assert again.returncode == 73 and "already running" in again.stderr
-    t0 = time.monotonic()
     stopped = cli(stack, "stop", "life")
     assert stopped.returncode == 0, stopped.stderr
-    assert time.monotonic() - t0 < 30
+    # Within its grace period, by itself: no SIGKILL (exit -9) and none reported.
+    assert "killed" not in stopped.stderr
     assert stack.procs["endpoint:life"].wait(10) == 0
     assert status(stack, "life") == "Stopped"
     assert stack.get(f"/v2/endpoints/{endpoint_id}/status")["status"] == "offline"
@@ -129,11 +129,10 @@ def test_detach_list_and_one_stop_take_down_the_whole_tree(
     assert len(tree) >= 3, "two pool workers"
     assert "Endpoint" in " ".join(daemon.cmdline()) or "compute-endpoint" in daemon.name()
 
-    t0 = time.monotonic()
     stopped = run_cli(env, "stop", "detached")
     assert stopped.returncode == 0, stopped.stderr
+    # Within its grace period, by itself: nothing of its tree needed a SIGKILL.
     assert "is now stopped" in stopped.stdout and "killed" not in stopped.stderr
-    assert time.monotonic() - t0 < 30
     assert alive(tree) == []
     assert not (ep / "daemon.pid").exists()
     assert (ep / "teardown.ran").read_text().strip() == f"torn down {endpoint_id}"
@@ -230,6 +229,7 @@ def test_delete_refuses_an_online_endpoint_and_force_stops_and_deletes_it(
     assert not ep.exists() and alive([pid]) == []
     with pytest.raises(urllib.error.HTTPError) as gone:
         stack.get(f"/v2/endpoints/{endpoint_id}")
+    gone.value.close()  # the error is a response too: its connection stays open until closed
     assert gone.value.code == 404
 
 

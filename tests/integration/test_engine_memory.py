@@ -11,7 +11,6 @@ a memory-limited container, by tests/containers/test_memory.py.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,14 +63,12 @@ def test_a_task_that_exhausts_its_memory_limit_fails_and_the_worker_survives(
     pid = ok(results.wait(first.task_id, timeout=60)[0])[0]
 
     doomed = submission(exhaust_memory, HEADROOM_MIB)
-    began = time.monotonic()
     pool.submit(doomed)
-    (failure,) = results.wait(doomed.task_id, timeout=60)
+    (failure,) = results.wait(doomed.task_id, timeout=60)  # a deadline, not a figure
     assert failure.error_details is not None, failure.data
     assert failure.error_details["code"] == "RemoteExecutionError"
     assert "MemoryError" in failure.data
     assert "attempt" not in failure.data  # a task's own failure is never retried
-    assert time.monotonic() - began < 30
 
     after = submission(pid_and_cwd)
     pool.submit(after)

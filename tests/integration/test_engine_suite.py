@@ -9,7 +9,6 @@ workers inherit the endpoint's environment).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,12 +179,11 @@ def test_worker_killed_on_every_attempt_lists_each_attempt(started_processes: St
 
 
 def test_task_timeout(started: Started) -> None:
-    began = time.monotonic()
-    result = started.run(spin, 60)
+    # Ten minutes of work: a result inside the deadline means the timeout interrupted it.
+    result = started.run(spin, 600, timeout=120)
     assert result.error_details is not None
     assert result.error_details["code"] == "TaskTimeout"
     assert f"GC_TASK_TIMEOUT of {TASK_TIMEOUT_S:g} seconds" in result.data
-    assert time.monotonic() - began < TASK_TIMEOUT_S + 10
 
 
 def test_sandbox_dir_under_working_dir_relative_to_run_dir(started: Started) -> None:

@@ -45,6 +45,8 @@ class Broker:
         for q in (self.tasks, self.results, self.beats):
             self.ch.queue_declare(q, durable=True)
         self.url = url
+        #: Where `send` publishes tasks ("": the default exchange, by queue name).
+        self.exchange = ""
 
     def queues(self) -> EndpointQueues:
         return EndpointQueues(self.info(self.tasks), self.info(self.results), self.info(self.beats))
@@ -67,7 +69,7 @@ class Broker:
             **headers,
         }
         self.ch.basic_publish(
-            "", self.tasks, body, pika.BasicProperties(headers=h, delivery_mode=2)
+            self.exchange, self.tasks, body, pika.BasicProperties(headers=h, delivery_mode=2)
         )
 
     def collect(self, n: int, timeout: float = 30) -> list[Result]:

@@ -55,7 +55,8 @@ class Op:
     records. Kinds a session records: ``start``, ``stop``, ``publish`` (with `messages`),
     ``ack`` and ``reject`` (with `generation`, `tag`, `multiple`; `stale` when the
     generation is not the session's current one, so the real session would drop it), and the
-    broker's side: ``connect``, ``disconnect``, ``deliver``, ``confirm`` (with `keys`, `ok`).
+    broker's side: ``connect``, ``disconnect``, ``deliver``, ``confirm`` (with `keys`, `ok`),
+    ``cancel`` (the broker cancelled the consumer) and ``consume`` (consuming again).
     The journal records ``write`` (with `write`).
     """
 
@@ -117,6 +118,7 @@ class StubBroker:
         dead_after: float | None = None,
         exclusive: bool = True,
         on_message: MessageSink | None = None,
+        consume_exchange: str | None = None,
     ) -> StubSession:
         with self._cond:
             assert name not in self.sessions, f"two sessions named {name}"
@@ -130,6 +132,7 @@ class StubBroker:
                 dead_after=dead_after,
                 exclusive=exclusive,
                 on_message=on_message,
+                consume_exchange=consume_exchange,
             )
             self.sessions[name] = session
             return session
@@ -234,6 +237,7 @@ class StubSession:
         dead_after: float | None,
         exclusive: bool,
         on_message: MessageSink | None,
+        consume_exchange: str | None = None,
     ) -> None:
         self.broker = broker
         self.url = url
@@ -244,6 +248,9 @@ class StubSession:
         self.dead_after = dead_after
         self.exclusive = exclusive
         self.on_message = on_message
+        self.consume_exchange = consume_exchange
+        #: False while the broker has cancelled the consumer (`cancel_consumer`)
+        self.consuming = False
         self.generation = 0
         self.connected = False
         self.started = False
@@ -312,6 +319,7 @@ class StubSession:
             assert not self.connected, f"{self.name} is already connected"
             self.generation += 1
             self.connected = True
+            self.consuming = self.consume_queue is not None
             self._next_tag = 0
             self.broker.record(self.name, "connect", generation=self.generation)
             self.events.on_connected(self, self.generation)
@@ -329,6 +337,22 @@ class StubSession:
             if lost and nack_in_flight:
                 self.events.on_confirms(lost, False)
 
+    def cancel_consumer(self, reason: str = "the queue was deleted") -> None:
+        """The broker cancels the consumer; the connection and its channels stay open."""
+        with self.broker.io():
+            assert self.connected and self.consuming, f"{self.name} is not consuming"
+            self.consuming = False
+            self.broker.record(self.name, "cancel", generation=self.generation)
+            self.events.on_consumer(self, self.generation, False, reason)
+
+    def resume_consumer(self) -> None:
+        """The session consumes its queue again, on the same channel (tags continue)."""
+        with self.broker.io():
+            assert self.connected and not self.consuming, f"{self.name} is consuming"
+            self.consuming = True
+            self.broker.record(self.name, "consume", generation=self.generation)
+            self.events.on_consumer(self, self.generation, True, "")
+
     def deliver(
         self,
         body: bytes,
@@ -341,6 +365,7 @@ class StubSession:
         with self.broker.io():
             assert self.consume_queue is not None, f"{self.name} consumes no queue"
             assert self.connected, f"{self.name} is not connected"
+            assert self.consuming, f"{self.name} does not consume (its consumer was cancelled)"
             self._next_tag += 1
             gen, tag = self.generation, self._next_tag
             self.broker.record(

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from endpoint.cli.app import EX_CONFIG, main
+from endpoint.cli.app import main
+from endpoint.cli.exits import EX_CONFIG
 from endpoint.engines.base import TaskEngine
 from tests.unit.test_config_examples import CONFIGS, GOOD
 

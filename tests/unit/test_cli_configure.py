@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from endpoint.admin import configure
-from endpoint.cli.app import EX_CONFIG, main
+from endpoint.cli.app import main
+from endpoint.cli.exits import EX_CONFIG
 from endpoint.config import EndpointConfig, ManagerConfig, load_endpoint_dir
 
 POLICY = "9b1d2c1e-6d0a-4c37-9d7e-2a3f1b2c4d5e"
@@ -152,7 +153,7 @@ def test_check_config_prints_the_parsed_config_or_the_errors(
     capsys.readouterr()
     assert main(["check-config", "chk"]) == 0
     captured = capsys.readouterr()
-    assert yaml.safe_load(captured.out)["engine"]["type"] == "ThreadPoolEngine"
+    assert yaml.safe_load(captured.out)["engine"]["type"] == "ProcessPoolEngine"
     assert "valid" in captured.err
     bad = tmp_path / "bad.yaml"
     bad.write_text("engine:\n  type: ThreadPoolEngine\nheartbeat_perod: 3\n")

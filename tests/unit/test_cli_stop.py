@@ -19,7 +19,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from endpoint.cli.app import EX_CONFIG, EX_TEMPFAIL, main
+from endpoint.cli.app import main
+from endpoint.cli.exits import EX_CONFIG, EX_TEMPFAIL
 from endpoint.host import daemon
 from endpoint.host.dirs import write_endpoint_id
 from endpoint.host.pidlock import State, probe

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from endpoint.cli.app import EX_CANTCREAT, EX_CONFIG, main
+from endpoint.cli.app import main
+from endpoint.cli.exits import EX_CANTCREAT, EX_CONFIG
 from endpoint.config import EndpointConfig, ManagerConfig, load_config_text
 from endpoint.errors import AlreadyRunning, ConfigError
 from endpoint.host.dirs import write_endpoint_id

@@ -6,7 +6,6 @@ file; never a library exception (TypeError, RecursionError, yaml errors) and nev
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -206,14 +205,14 @@ def test_hostile_documents_get_a_clear_error(tmp_path: Path, text: str, expected
         load_config_text(text, SOURCE, base_dir=tmp_path)
 
 
-def test_an_alias_bomb_is_refused_quickly(tmp_path: Path) -> None:
+def test_an_alias_bomb_is_refused_before_it_expands(tmp_path: Path) -> None:
+    # 10**10 scalars once expanded: an answer at all (within the per-test timeout, in this
+    # process's memory) means the loader counted and stopped instead of building them.
     lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
     for i in range(1, 10):
         lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]")
-    started = time.monotonic()
     with pytest.raises(ConfigError, match="aliases expand to more than"):
         load_config_text("\n".join(lines) + "\n", SOURCE, base_dir=tmp_path)
-    assert time.monotonic() - started < 2
 
 
 def test_shared_aliases_in_a_real_config_still_load(tmp_path: Path) -> None:

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from endpoint.amqp.queues import AmqpCreds
-from endpoint.cli.app import EX_CONFIG, main
+from endpoint.cli.app import main
+from endpoint.cli.exits import EX_CONFIG
 from endpoint.errors import ConfigError
 from endpoint.manager.command import StartRequest
 from endpoint.manager.core import read_user_environment, user_environment

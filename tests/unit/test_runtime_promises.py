@@ -27,6 +27,7 @@ from endpoint.engines.base import (
     TaskSubmission,
 )
 from endpoint.engines.build import build_engine_from_dict
+from endpoint.host.status import Health, judge, read_status
 from endpoint.protocol.messages import EPStatusReport, Result, Task, pack, unpack_as
 from endpoint.protocol.serialize import deserialize, pack_buffers, serialize
 from endpoint.runtime import adapter
@@ -631,4 +632,61 @@ def test_one_shared_connection_serves_every_role(make: Make) -> None:
     assert deserialize(unpack_as(msg.body, Result).data) == 36
     h.tasks.confirm([tid])
     h.wait_forgotten(tid)
+    h.stop()
+
+
+@pytest.mark.parametrize(
+    "task_id",
+    ["x" * 300, "not-a-uuid", "{" + "1" * 32 + "}", "12345678123456781234567812345678"],
+)
+def test_a_delivery_whose_task_id_is_not_a_uuid_is_rejected_once(make: Make, task_id: str) -> None:
+    """Issue 13 (finding 9): a task id the service never makes (a UUID is 36 characters)
+    would give a result whose message id the broker refuses, republished forever."""
+    h = make()
+    (engine,) = h.engines
+    h.start()
+    body = task_message(square, 2)[1]
+    gen, tag = h.tasks.deliver(body, task_headers(task_id))
+    good = h.send(square, 5)
+    engine.wait_submitted(good)
+    (reject,) = h.broker.ops(TASKS, "reject")
+    assert (reject.generation, reject.tag, reject.stale) == (gen, tag, False)
+    assert set(journal_rows(h.journal_path)) == {good}
+    assert engine.submitted == [good]
+    engine.finish(good, 25)
+    h.result(good)
+    h.results.settle_all()
+    assert not [m for m in h.broker.published(RESULTS) if m.key == task_id]
+    assert h.rt.ix.counters["rejected"] == 1
+    h.stop()
+
+
+def test_a_cancelled_consumer_turns_health_bad_until_it_consumes_again(make: Make) -> None:
+    """Issue 13 (finding 6): the broker cancels the consumer of a deleted task queue; the
+    runtime says so in status.json (health fails) until the session consumes again."""
+    h = make("threads")
+    h.start()
+    ep_dir = h.rt.ep_dir
+
+    def verdict() -> Health:
+        return judge(read_status(ep_dir), alive=True)
+
+    h.broker.wait_for(lambda: verdict().healthy, "a healthy status")
+    first = h.send(square, 3)
+    assert deserialize(h.result(first).data) == 9
+    h.tasks.cancel_consumer()
+
+    def unhealthy() -> Health | None:
+        found = verdict()
+        return None if found.healthy else found
+
+    bad = h.broker.wait_for(unhealthy, "health to turn bad")
+    assert "cancelled the task queue consumer" in bad.reason
+    assert (read_status(ep_dir) or {})["amqp_connected"] is True  # the connection itself is fine
+    h.tasks.resume_consumer()
+    h.broker.wait_for(lambda: verdict().healthy, "health to come back")
+    second = h.send(square, 4)
+    assert deserialize(h.result(second).data) == 16
+    h.results.settle_all()
+    h.wait_forgotten(first, second)
     h.stop()

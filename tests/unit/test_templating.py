@@ -226,3 +226,59 @@ def test_render_debug_uses_stand_ins_for_the_reserved_variables() -> None:
     out = yaml.safe_load(templating.render_debug(inputs))
     assert out["display_name"] == LocalUser.current().name
     assert out["engine"]["max_workers"] == 5
+
+
+# ---- issue 13: non-string values and astral characters --------------------------------------
+
+FLOW = BASE + "provider: {type: LocalProvider, tags: {{ tags }}, opts: {{ opts }}}\n"
+#: Closes Python's repr of a list (single quotes, which YAML reads without backslash escapes)
+#: and adds keys to the flow mapping around it.
+BREAKOUT = "x'], account: evil, qos: high, nodes_per_block: 64, y: ['"
+
+
+def test_list_and_dict_values_render_as_json_and_cannot_add_keys() -> None:
+    tags = [BREAKOUT, "plain", 3, 2.5, None, True, ['"', "\\"]]
+    opts = {"k": BREAKOUT, "n": {"deep": "x'}, qos: high, z: {'"}}
+    out = rendered(FLOW, {"tags": tags, "opts": opts})
+    assert out["provider"] == {"type": "LocalProvider", "tags": tags, "opts": opts}
+
+
+def test_list_items_still_arrive_json_quoted_in_loops() -> None:
+    tpl = BASE + "endpoint_setup: {% for m in mods %}{{ m }}{% endfor %}\n"
+    assert rendered(tpl, {"mods": ["a"]})["endpoint_setup"] == "a"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["emoji 😀 and 🧪", "café", "\U0010fffd", "nel\x85ls\u2028ps\u2029del\x7fbom\ufeff"],
+)
+def test_every_character_reaches_the_rendered_config_intact(text: str) -> None:
+    out = render(TemplateSource(BASE + "display_name: {{ label }}\n"), {"label": text}, reserved())
+    assert out.config.display_name == text
+    out.text.encode()  # no lone surrogates: the text crosses a pipe as UTF-8
+    more = [text, {"k": text}]
+    assert rendered(BASE + "provider: {x: {{ more }}}\n", {"more": more})["provider"] == {"x": more}
+
+
+def test_shell_escape_keeps_astral_characters() -> None:
+    tpl = BASE + "endpoint_setup: {{ arg|shell_escape }}\n"
+    assert rendered(tpl, {"arg": "echo 😀"})["endpoint_setup"] == "'echo 😀'"
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"label": "half \ud83d a smile"},
+        {"label": ["\ude00"]},
+        {"label": {"k": "\udfff"}},
+    ],
+)
+def test_lone_surrogates_are_refused(options: dict[str, Any]) -> None:
+    with pytest.raises(UserOptionsInvalid, match="label"):
+        rendered(BASE + "display_name: x\n", options)
+
+
+@pytest.mark.parametrize("number", [float("inf"), float("-inf"), float("nan")])
+def test_non_finite_numbers_are_refused(number: float) -> None:
+    with pytest.raises(UserOptionsInvalid, match="finite"):
+        rendered(BASE + "display_name: x\n", {"n": {"deep": [number]}})

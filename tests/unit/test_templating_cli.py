@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from endpoint.cli.app import EX_CONFIG, EX_USAGE, main
+from endpoint.cli.app import main
+from endpoint.cli.exits import EX_CONFIG, EX_USAGE
 
 TEMPLATE = "engine:\n  type: ThreadPoolEngine\n  max_workers: {{ workers }}\n"
 

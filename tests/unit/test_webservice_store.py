@@ -31,10 +31,11 @@ def test_clients_verify_only_with_their_secret(store: Store) -> None:
 
 def test_create_client_with_a_given_id_and_secret_is_idempotent(store: Store) -> None:
     cid = str(uuid.uuid4())
-    store.credentials.create_client("a", cid, "one")
-    store.credentials.create_client("a", cid, "two")
-    assert store.credentials.verify_client(cid, "two") is not None
-    assert store.credentials.verify_client(cid, "one") is None
+    one, two = "one-secret-of-24-chars-x", "two-secret-of-24-chars-x"
+    store.credentials.create_client("a", cid, one)
+    store.credentials.create_client("a", cid, two)
+    assert store.credentials.verify_client(cid, two) is not None
+    assert store.credentials.verify_client(cid, one) is None
 
 
 def test_tokens_expire_and_a_revoked_refresh_token_takes_its_access_tokens(store: Store) -> None:

@@ -51,6 +51,7 @@ from webservice.store.credentials import (
     identity_username,
     token_hash,
 )
+from webservice.throttle import AuthThrottle
 
 router = APIRouter()
 ServicesDep = Annotated[Services, Depends(get_services)]
@@ -61,12 +62,29 @@ async def _form(request: Request) -> dict[str, str]:
     return {k: v for k, v in form.items() if isinstance(v, str)}
 
 
+def _throttle(request: Request) -> AuthThrottle:
+    throttle: AuthThrottle = request.app.state.auth_throttle
+    return throttle
+
+
+def _verify(services: Services, request: Request, client_id: str, secret: str) -> Client | None:
+    """The client if the secret is right; throttled per client id (429 while it must wait)."""
+    throttle = _throttle(request)
+    throttle.check(client_id)
+    client = services.store.credentials.verify_client(client_id, secret)
+    if client is None:
+        throttle.failed(client_id)
+    else:
+        throttle.succeeded(client_id)
+    return client
+
+
 def _authenticate(services: Services, request: Request, form: dict[str, str]) -> Client | None:
     """The authenticated client, None when the request carries no client credentials."""
     creds = client_credentials(request, form)
     if creds is None:
         return None
-    client = services.store.credentials.verify_client(*creds)
+    client = _verify(services, request, *creds)
     if client is None:
         raise OAuthError("invalid_client", "unknown client or wrong secret", 401)
     return client
@@ -391,8 +409,8 @@ async def authorize(request: Request, services: ServicesDep) -> Response:
     query = form.get("authorize_query", "")
     # Everything is parsed again: the hidden field is as untrusted as the original URL.
     req = _AuthRequest.parse(dict(urllib.parse.parse_qsl(query, keep_blank_values=True)), request)
-    owner = services.store.credentials.verify_client(
-        form.get("owner_client_id", "").strip(), form.get("owner_secret", "")
+    owner = _verify(
+        services, request, form.get("owner_client_id", "").strip(), form.get("owner_secret", "")
     )
     if owner is None:
         await asyncio.sleep(FAILED_SIGN_IN_DELAY_S)

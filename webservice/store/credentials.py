@@ -14,6 +14,9 @@ from webservice.db import Database
 ACCESS = "access"
 REFRESH = "refresh"
 
+#: The shortest client secret accepted or created (a random one has 43 characters).
+MIN_SECRET_LENGTH = 24
+
 
 def token_hash(token: str) -> str:
     # Tokens are 256 random bits, so an unsalted digest is safe and lets us look them up.
@@ -58,9 +61,14 @@ class CredentialStore:
     def create_client(
         self, name: str = "", client_id: str | None = None, secret: str | None = None
     ) -> tuple[str, str]:
-        """Create (or reset the secret of) a client; returns its id and the clear secret."""
+        """Create (or reset the secret of) a client; returns its id and the clear secret.
+
+        Raises ValueError for a chosen secret shorter than MIN_SECRET_LENGTH.
+        """
         cid = str(uuid.UUID(client_id)) if client_id else str(uuid.uuid4())
         secret = secret or secrets.token_urlsafe(32)
+        if len(secret) < MIN_SECRET_LENGTH:
+            raise ValueError(f"a client secret needs at least {MIN_SECRET_LENGTH} characters")
         salt = secrets.token_hex(8)
         with self._db.tx() as c:
             c.execute(
@@ -83,6 +91,8 @@ class CredentialStore:
         ).fetchone()
         if row is None:
             return None
+        if len(secret) < MIN_SECRET_LENGTH:
+            return None  # set before the minimum existed: no longer accepted
         salt, _, digest = row["secret_hash"].partition("$")
         if not hmac.compare_digest(digest, _secret_hash(secret, salt)):
             return None

@@ -124,6 +124,15 @@ class TaskStore:
                 (queue_name, task_group_id),
             )
 
+    def discard_group_if_empty(self, task_group_id: str) -> None:
+        """Forget a task group that has no task (its first submit failed)."""
+        with self._db.tx() as c:
+            c.execute(
+                "DELETE FROM task_groups WHERE task_group_id=?"
+                " AND NOT EXISTS (SELECT 1 FROM tasks WHERE task_group_id=?)",
+                (task_group_id, task_group_id),
+            )
+
     def group_task_ids(self, task_group_id: str) -> list[str]:
         rows = self._db.conn.execute(
             "SELECT task_id FROM tasks WHERE task_group_id=? ORDER BY rowid", (task_group_id,)
