@@ -208,6 +208,12 @@ class AmqpSession:
             )
             try:
                 self._conn.ioloop.start()
+            except Exception as e:
+                # pika lets some failures escape its loop (a peer that resets the connection
+                # between connect() and getpeername() raises ValueError): a lost connection all
+                # the same. Left to end this thread, it would leave the process without AMQP.
+                log.exception("%s: the connection failed inside pika", self.name)
+                self._connection_lost(e)
             finally:
                 # Every connection brings its own IOLoop, whose poller holds a socket pair until
                 # closed: left open, each reconnect would leak two descriptors.
@@ -360,6 +366,10 @@ class AmqpSession:
         conn.ioloop.stop()
 
     def _on_closed(self, conn: pika.BaseConnection, reason: BaseException) -> None:
+        self._connection_lost(reason)
+        conn.ioloop.stop()
+
+    def _connection_lost(self, reason: BaseException) -> None:
         was_ready, self._ready = self._ready, False
         self._consuming = False
         self._consume_ch = self._publish_ch = None
@@ -371,7 +381,6 @@ class AmqpSession:
             self._events.on_disconnected(self, self._generation, str(reason))
         if lost:
             self._events.on_confirms(lost, False)
-        conn.ioloop.stop()
 
     def _on_channel_closed(self, ch: pika.channel.Channel, reason: BaseException) -> None:
         # Any channel loss (missing queue, exclusive-consumer conflict, publish to a missing
