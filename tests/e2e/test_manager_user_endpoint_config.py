@@ -20,6 +20,7 @@ import pytest
 from devstack.stack import Stack
 from tests.e2e.conftest import SdkRunner
 from tests.e2e.test_manager_endpoint import PRELUDE
+from tests.processes import descendants_running
 
 TEMPLATE = """\
 engine:
@@ -69,14 +70,7 @@ def nonce() -> str:
 
 
 def interchanges_under(pid: int) -> list[psutil.Process]:
-    found = []
-    for p in psutil.Process(pid).children(recursive=True):
-        try:
-            if "interchange" in " ".join(p.cmdline()):
-                found.append(p)
-        except psutil.Error:
-            continue
-    return found
+    return descendants_running("interchange", pid)
 
 
 def test_a_manager_started_user_endpoint_honours_max_task_size(

@@ -9,7 +9,6 @@ RabbitMQ.
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from functools import partial
@@ -25,6 +24,7 @@ from endpoint.engines.routing import RoutingEngine
 from endpoint.protocol.serialize import deserialize
 from tests.integration import test_runtime
 from tests.integration.test_runtime import Broker, make_runtime, run_in_thread, send_squares
+from tests.processes import descendants_running
 
 broker = test_runtime.broker  # the fixture: the service's side of a real RabbitMQ
 
@@ -42,14 +42,7 @@ ROUTED: dict[str, Any] = {**GCE, "container_type": "docker", "container_routing"
 
 
 def interchanges() -> list[psutil.Process]:
-    found = []
-    for child in psutil.Process(os.getpid()).children(recursive=True):
-        try:
-            if any("interchange" in part for part in child.cmdline()):
-                found.append(child)
-        except psutil.Error:
-            continue
-    return found
+    return descendants_running("interchange")
 
 
 def wait_for(condition: Any, timeout: float, what: str) -> None:

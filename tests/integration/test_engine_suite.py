@@ -19,6 +19,7 @@ import pytest
 from endpoint.engines.base import Engine
 from endpoint.engines.build import build_engine_from_dict
 from endpoint.engines.htex.engine import GlobusComputeEngine
+from tests.processes import descendants_running
 from tests.unit.test_engines import (
     EPID,
     Results,
@@ -276,7 +277,6 @@ def test_a_dead_interchange_is_the_engines_failure(
 ) -> None:
     """`failure()` is how the runtime learns to replace an engine; a `RoutingEngine` must
     answer for its default pool (it did not: issue 12's drift bug 2)."""
-    import os
     import signal
 
     import psutil
@@ -287,14 +287,7 @@ def test_a_dead_interchange_is_the_engines_failure(
     )
 
     def interchanges() -> set[psutil.Process]:
-        found = set()
-        for p in psutil.Process(os.getpid()).children(recursive=True):
-            try:
-                if "interchange" in " ".join(p.cmdline()):
-                    found.add(p)
-            except psutil.Error:
-                continue
-        return found
+        return set(descendants_running("interchange"))
 
     others = interchanges()  # the module's shared GlobusComputeEngine may be running
     results = Results()
