@@ -57,12 +57,15 @@ class Stack:
                 "serve",
                 "--port",
                 str(self.port),
-                "--amqp-url",
-                self.rabbit.url,
                 "--db",
                 str(self.db),
             ],
-            env=os.environ.copy(),
+            # In the environment, not on the command line: `ps` shows argv to every user.
+            env={
+                **os.environ,
+                "COMPUTE_WEBSERVICE_AMQP_URL": self.rabbit.url,
+                "COMPUTE_WEBSERVICE_AMQP_ADMIN_URL": self.rabbit.admin_url,
+            },
         )
         self._wait_http(f"{self.url}/v2/version", what="web service")
         if not self.client_id:

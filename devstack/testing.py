@@ -1,6 +1,6 @@
 """Run the service in-process for tests and benchmarks: uvicorn in a thread, real HTTP.
 
-    with ServiceThread(Settings(amqp_url=..., db_path=...)) as svc:
+    with ServiceThread(Settings(amqp_url=..., broker_admin_url=..., db_path=...)) as svc:
         api = svc.new_identity()            # a new OAuth2 client, holding a Compute token
         api.post("/v3/functions", json={...})
 
@@ -17,9 +17,9 @@ from typing import Any
 import httpx
 import uvicorn
 
-from webservice.app import create_app
 from webservice.broker import free_port
 from webservice.scopes import COMPUTE_SCOPE
+from webservice.server import uvicorn_config
 from webservice.settings import Settings
 from webservice.store import Store
 
@@ -41,16 +41,11 @@ class ServiceThread:
         return f"http://{self.host}:{self.port}"
 
     def start(self, timeout: float = 60) -> ServiceThread:
-        config = uvicorn.Config(
-            create_app(self.settings),
-            host=self.host,
-            port=self.port,
-            log_level="warning",
-            lifespan="on",
-            access_log=False,
-            log_config=None,
+        # The same edge as `compute-webservice serve` (header deadline, connection cap, EMFILE
+        # pause): what tests and benchmarks measure is what users run.
+        self._server = uvicorn.Server(
+            uvicorn_config(self.settings, self.host, self.port, "warning")
         )
-        self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="webservice", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + timeout

@@ -15,17 +15,19 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from webservice import __version__
 from webservice.amqp import AmqpLink
 from webservice.api import ROUTERS
+from webservice.broker_admin import BrokerAdmin, BrokerAdminError
 from webservice.context import Services
 from webservice.dispatch import Dispatcher
 from webservice.edge import EdgeGuard
 from webservice.errors import ServiceError, Unauthorized
 from webservice.forwarder import ResultForwarder
 from webservice.heartbeat_monitor import HeartbeatMonitor
+from webservice.principals import Principals
 from webservice.security import authenticate
 from webservice.settings import Settings
 from webservice.store import Store
 from webservice.throttle import AuthThrottle
-from webservice.topology import Topology
+from webservice.topology import Names, Topology
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,9 @@ def _lifespan(settings: Settings) -> Any:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services, monitor = _build(settings)
         try:
+            # Before anything connects: without the management API no endpoint or client
+            # could be given an account of its own, and the service's must never be handed out.
+            await _check_admin(services.principals)
             await services.link.start(settings.broker_wait_s)
             await services.forwarder.start()
             await monitor.start()
@@ -86,11 +91,28 @@ def _build(settings: Settings) -> tuple[Services, HeartbeatMonitor]:
     store = Store.open(settings.db_path)
     store.credentials.purge_expired()
     link = AmqpLink(settings.amqp_url)
-    topology = Topology(link)
-    dispatcher = Dispatcher(settings, store, link, topology)
+    names = Names(store.principals.key(), settings.queue_prefix)
+    topology = Topology(link, names)
+    admin = BrokerAdmin(settings.admin_url, settings.vhost)
+    principals = Principals(admin, store.principals, names, settings.handout_amqp_url)
+    link.on_ready(principals.restore)
+    dispatcher = Dispatcher(settings, store, link, topology, principals)
     forwarder = ResultForwarder(link, store.tasks, settings.results_prefetch)
     monitor = HeartbeatMonitor(link, store, dispatcher, forwarder)
-    return Services(settings, store, link, topology, dispatcher, forwarder), monitor
+    services = Services(settings, store, link, topology, dispatcher, forwarder, principals)
+    return services, monitor
+
+
+async def _check_admin(principals: Principals) -> None:
+    try:
+        await principals.check_admin()
+    except BrokerAdminError as e:
+        raise BrokerAdminError(
+            f"{e}. The service gives every endpoint and SDK client a broker account of its "
+            "own through RabbitMQ's management API: enable the rabbitmq_management plugin "
+            "and pass its URL with an administrator's credentials as --amqp-admin-url "
+            "(env COMPUTE_WEBSERVICE_AMQP_ADMIN_URL)"
+        ) from None
 
 
 def _redacted(url: str) -> str:

@@ -126,6 +126,9 @@ class PrivateRabbit:
         _secure_state_dir(self.state_dir)
         self.credentials = _load_credentials(self.state_dir / CREDENTIALS_FILE)
         self.port = port or free_port()
+        # The management API is how the service gives each endpoint and client its own broker
+        # account (`broker_admin.py`); loopback only, and only the administrator may use it.
+        self.admin_port = free_port()
         self.node = f"gc{self.port}@localhost"
         self._proc: subprocess.Popen[bytes] | None = None
         self._env = self._build_env()
@@ -140,17 +143,27 @@ class PrivateRabbit:
         password = quote(self.credentials.password, safe="")
         return f"amqp://{user}:{password}@127.0.0.1:{self.port}/%2F"
 
+    @property
+    def admin_url(self) -> str:
+        """The management API, as the administrator (`broker_admin.BrokerAdmin`)."""
+        user = quote(self.credentials.username, safe="")
+        password = quote(self.credentials.password, safe="")
+        return f"http://{user}:{password}@127.0.0.1:{self.admin_port}/"
+
     def _build_env(self) -> dict[str, str]:
         d = self.state_dir
         _write_private(d / "rabbitmq-env.conf", "")
-        _write_private(d / "enabled_plugins", "[].\n")
+        _write_private(d / "enabled_plugins", "[rabbitmq_management].\n")
         _write_private(d / DEFINITIONS_FILE, _definitions(self.credentials))
         _write_private(
             d / "rabbitmq.conf",
             f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
             f"load_definitions = {d / DEFINITIONS_FILE}\n"
             # A long task must never make the broker drop our channel (reliability case 7).
-            "consumer_timeout = 86400000\n",
+            "consumer_timeout = 86400000\n"
+            f"management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {self.admin_port}\n"
+            # Users and permissions only: no statistics collection, no UI traffic to pay for.
+            "management_agent.disable_metrics_collector = true\n",
         )
         dist = free_port()
         epmd = free_port()

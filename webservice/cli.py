@@ -21,6 +21,7 @@ from types import FrameType
 
 from webservice.broker import BrokerStartError
 from webservice.limits import Limits
+from webservice.principals import client_user
 from webservice.server import embedded_broker, run
 from webservice.settings import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_QUEUE_PREFIX, Settings
 from webservice.settings import default_db_path as _default_db
@@ -55,6 +56,13 @@ def _parser() -> argparse.ArgumentParser:
         default=_env("AMQP_URL"),
         help=f"broker the service uses (env {ENV}AMQP_URL, which keeps its password out of "
         "`ps`); none: start an embedded RabbitMQ with a random password, no guest",
+    )
+    serve.add_argument(
+        "--amqp-admin-url",
+        default=_env("AMQP_ADMIN_URL"),
+        help="the broker's management API as an administrator, http://USER:PASSWORD@HOST:PORT/"
+        f" (env {ENV}AMQP_ADMIN_URL); every endpoint and client gets its own broker account "
+        "through it. Default: --amqp-url's user on port 15672; the embedded broker's own",
     )
     serve.add_argument(
         "--public-amqp-url",
@@ -103,9 +111,10 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _serve_until_stopped(args: argparse.Namespace) -> int:
-    def settings(amqp_url: str) -> Settings:
+    def settings(amqp_url: str, admin_url: str | None) -> Settings:
         return Settings(
             amqp_url=amqp_url,
+            broker_admin_url=admin_url,
             db_path=args.db,
             public_amqp_url=args.public_amqp_url,
             queue_prefix=args.queue_prefix,
@@ -116,16 +125,17 @@ def _serve_until_stopped(args: argparse.Namespace) -> int:
 
     log = logging.getLogger("webservice")
     with contextlib.ExitStack() as stack:
-        amqp_url = args.amqp_url
+        amqp_url, admin_url = args.amqp_url, args.amqp_admin_url
         if amqp_url:
             log.info("using the AMQP broker given by --amqp-url")
         else:
             try:
-                amqp_url = stack.enter_context(embedded_broker(args.db)).url
+                broker = stack.enter_context(embedded_broker(args.db))
             except BrokerStartError as e:
                 print(f"compute-webservice: {e}", file=sys.stderr)
                 return RET_BROKER
-        started = run(settings(amqp_url), args.host, args.port, args.log_level.lower())
+            amqp_url, admin_url = broker.url, broker.admin_url
+        started = run(settings(amqp_url, admin_url), args.host, args.port, args.log_level.lower())
     return RET_OK if started else RET_START_FAILED
 
 
@@ -133,6 +143,8 @@ def _create_client(args: argparse.Namespace) -> int:
     store = Store.open(args.db)
     try:
         cid, secret = store.credentials.create_client(args.name, args.client_id, args.client_secret)
+        # A new secret also retires the client's broker password (`principals.py`).
+        store.principals.bump_if_known(client_user(cid))
     except ValueError as e:
         print(f"compute-webservice: {e}", file=sys.stderr)
         return RET_USAGE

@@ -16,7 +16,7 @@ from typing import Any
 import pika
 
 from webservice.store.endpoints import UserEndpoint
-from webservice.topology import queue_infos
+from webservice.topology import Names
 
 START_COMMAND = "cmd_start_endpoint"
 
@@ -41,8 +41,9 @@ def uep_name(manager_id: str, uep: str) -> str:
     return f"uep.{manager_id[:8]}.{uep[:8]}"
 
 
-def start_command(uep: UserEndpoint, username: str, amqp_url: str) -> dict[str, Any]:
-    infos = queue_infos(uep.uep_id, amqp_url)
+def start_command(uep: UserEndpoint, username: str, names: Names, amqp_url: str) -> dict[str, Any]:
+    """`amqp_url` carries the user endpoint's own broker account (`principals.py`)."""
+    infos = names.queue_infos(uep.uep_id, amqp_url)
     return {
         "command": START_COMMAND,
         "args": [],

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from webservice.amqp import AmqpLink
     from webservice.dispatch import Dispatcher
     from webservice.forwarder import ResultForwarder
+    from webservice.principals import Principals
     from webservice.topology import Topology
 
 
@@ -25,6 +26,7 @@ class Services:
     topology: Topology
     dispatcher: Dispatcher
     forwarder: ResultForwarder
+    principals: Principals
 
 
 async def get_services(request: Request) -> Services:

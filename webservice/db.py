@@ -107,6 +107,20 @@ CREATE INDEX IF NOT EXISTS waiting_tasks_by_route ON tasks (route_id)
 CREATE INDEX IF NOT EXISTS waiting_tasks_by_endpoint ON tasks (endpoint_id)
     WHERE status NOT IN ('success', 'failed');
 
+-- Broker accounts handed out (`principals.py`): the password is derived from the service key
+-- and the generation, so rotating one is a bump here and nothing secret is stored per account.
+CREATE TABLE IF NOT EXISTS broker_principals (
+    name TEXT PRIMARY KEY,
+    generation INTEGER NOT NULL
+);
+
+-- Deleted endpoint ids: only their owner may ever register them again.
+CREATE TABLE IF NOT EXISTS deleted_endpoints (
+    endpoint_id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    deleted_at REAL NOT NULL
+);
+
 CREATE TABLE IF NOT EXISTS heartbeats (
     endpoint_id TEXT PRIMARY KEY,
     received_at REAL NOT NULL,

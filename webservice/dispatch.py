@@ -45,6 +45,7 @@ from webservice.limits import (
 )
 from webservice.liveness import is_online
 from webservice.models import SubmitIn, canonical_uuid
+from webservice.principals import Principals
 from webservice.security import Caller
 from webservice.settings import Settings
 from webservice.store import Store
@@ -52,17 +53,26 @@ from webservice.store.credentials import identity_username
 from webservice.store.endpoints import Endpoint, UserEndpoint
 from webservice.store.functions import Function
 from webservice.store.tasks import NewTask, TaskGroup
-from webservice.topology import TASKS_EXCHANGE, Topology, commands_queue, tasks_queue
+from webservice.topology import TASKS_EXCHANGE, Topology
 
 log = logging.getLogger(__name__)
 
 
 class Dispatcher:
-    def __init__(self, settings: Settings, store: Store, link: AmqpLink, topology: Topology):
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        link: AmqpLink,
+        topology: Topology,
+        principals: Principals,
+    ):
         self._settings = settings
         self._store = store
         self._link = link
         self._topology = topology
+        self._names = topology.names
+        self._principals = principals
         # When each UEP's start command was last sent (monotonic), to pace revivals.
         self._started_at: dict[str, float] = {}
 
@@ -96,7 +106,7 @@ class Dispatcher:
                 await self._topology.ensure_tasks_queue(route_id)
             self._store.tasks.add(new_tasks)
             stored = True
-            queue = tasks_queue(route_id)
+            queue = self._names.tasks_queue(route_id)
             pending.extend(
                 self._link.publish(TASKS_EXCHANGE, queue, data, props) for data, props in messages
             )
@@ -161,7 +171,7 @@ class Dispatcher:
     # --- broker ---------------------------------------------------------------------------
 
     async def _ensure_result_queue(self, group: TaskGroup) -> None:
-        queue = f"{self._settings.queue_prefix}{group.task_group_id}"
+        queue = self._names.result_queue(group.owner, group.task_group_id)
         # Declared before the reply: the SDK's result watcher consumes it without declaring.
         await self._topology.ensure_queue(queue)
         if group.queue_name != queue:
@@ -183,15 +193,27 @@ class Dispatcher:
         self._store.endpoints.save_uep(uep)
         # The queue must exist before the UEP starts: a missing one silently starves it.
         await self._topology.ensure_tasks_queue(uid)
-        return await self._send_start(uep)
+        return await self._send_start(uep, rotate=not self._running(uep.uep_id))
 
-    async def _send_start(self, uep: UserEndpoint) -> asyncio.Future[None]:
-        await self._topology.ensure_queue(commands_queue(uep.manager_id))
-        self._started_at[uep.uep_id] = time.monotonic()
-        command = start_command(uep, identity_username(uep.owner), self._settings.handout_amqp_url)
-        return self._link.publish(
-            "", commands_queue(uep.manager_id), encode_command(command), command_properties()
-        )
+    def _running(self, uep_id: str) -> bool:
+        """Heartbeating, or told to start so recently that it may still be starting."""
+        hb = self._store.heartbeats.get(uep_id)
+        if is_online(hb, time.time(), self._settings.default_heartbeat_period_s):
+            return True
+        since = time.monotonic() - self._started_at.get(uep_id, -1e9)
+        return since < self._settings.uep_restart_grace_s
+
+    async def _send_start(self, uep: UserEndpoint, rotate: bool) -> asyncio.Future[None]:
+        """A start command with the UEP's own broker account: a new password when it starts
+        now (`rotate`), the current one when the command only refreshes a running UEP (a new
+        password then would race the reconnects of the UEP that holds the old one)."""
+        commands = self._names.commands_queue(uep.manager_id)
+        await self._topology.ensure_queue(commands)
+        url = await self._principals.endpoint_url(uep.uep_id, rotate=rotate)
+        if rotate:
+            self._started_at[uep.uep_id] = time.monotonic()
+        command = start_command(uep, identity_username(uep.owner), self._names, url)
+        return self._link.publish("", commands, encode_command(command), command_properties())
 
     def _new_tasks(
         self,
@@ -237,17 +259,12 @@ class Dispatcher:
         A UEP stops when idle, when its manager restarts, or its command may have expired
         while the manager was away; tasks queued for it would wait forever without this.
         """
-        now = time.time()
         for uep in self._store.endpoints.ueps_with_pending_tasks(manager_id):
-            hb = self._store.heartbeats.get(uep.uep_id)
-            if is_online(hb, now, self._settings.default_heartbeat_period_s):
+            if self._running(uep.uep_id):
                 continue
-            since = time.monotonic() - self._started_at.get(uep.uep_id, -1e9)
-            if since < self._settings.uep_restart_grace_s:
-                continue  # its start command just went out: it is still starting
             log.info("re-sending the start command of user endpoint %s", uep.uep_id)
             try:
-                await self._confirmed([await self._send_start(uep)])
+                await self._confirmed([await self._send_start(uep, rotate=True)])
             except BrokerUnavailable as e:
                 log.warning("could not re-send a start command: %s", e)
 

@@ -32,7 +32,7 @@ from endpoint.protocol.messages import Result, pack, unpack_as
 from webservice.amqp import AmqpLink, Delivery
 from webservice.errors import BrokerUnavailable
 from webservice.store.tasks import DONE, Completion, Routing, TaskStore
-from webservice.topology import RESULTS_QUEUE
+from webservice.topology import RESULTS_QUEUE, RESULTS_SUFFIX, sender_of
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,9 @@ class ResultForwarder:
         now = time.time()
         for item, result in decoded:
             route = routing.get(result.task_id)
-            if not self._is_new(result.task_id, route, seen):
+            if not self._is_new(result.task_id, route, seen) or not _from_its_endpoint(
+                item, result.task_id, route
+            ):
                 continue
             assert route is not None
             seen.add(result.task_id)
@@ -229,6 +231,27 @@ class ResultForwarder:
                 AmqpLink.nack(item.delivery, requeue=True)
             else:
                 AmqpLink.ack(item.delivery)
+
+
+def _from_its_endpoint(item: _Item, task_id: str, route: Routing | None) -> bool:
+    """A result counts only when published by the endpoint whose queue got the task.
+
+    Broker topic permissions let an endpoint publish only on its own routing key, so the key
+    names the sender; a result for someone else's task is a forgery (issue 13). Results the
+    service makes itself (`fail_tasks`) have no delivery and are trusted.
+    """
+    if item.delivery is None or route is None:
+        return True
+    sender = sender_of(item.delivery.routing_key, RESULTS_SUFFIX)
+    if sender == route.route_id:
+        return True
+    log.warning(
+        "dropping a result for task %s from endpoint %s: the task was sent to %s",
+        task_id,
+        sender,
+        route.route_id,
+    )
+    return False
 
 
 def _stamp(confirmed_at: dict[str, int], task_id: str, _fut: asyncio.Future[None]) -> None:

@@ -25,7 +25,7 @@ from webservice.forwarder import REQUEUE_DELAY_S, ResultForwarder
 from webservice.liveness import heartbeat_from_report
 from webservice.store import Store
 from webservice.store.heartbeats import Heartbeat
-from webservice.topology import HEARTBEATS_QUEUE
+from webservice.topology import HEARTBEATS_QUEUE, HEARTBEATS_SUFFIX, sender_of
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,17 @@ class HeartbeatMonitor:
             report: EPStatusReport = unpack_as(delivery.body, EPStatusReport)
         except ProtocolError as e:
             log.warning("dropping a malformed message on %r: %s", HEARTBEATS_QUEUE, e)
+            AmqpLink.ack(delivery)
+            return
+        sender = sender_of(delivery.routing_key, HEARTBEATS_SUFFIX)
+        if sender != str(report.endpoint_id):
+            # Topic permissions make the key the sender's own: a report about another
+            # endpoint is a forgery (it could mark that endpoint offline or fail its tasks).
+            log.warning(
+                "dropping a heartbeat from endpoint %s that claims to be %s",
+                sender,
+                report.endpoint_id,
+            )
             AmqpLink.ack(delivery)
             return
         hb = heartbeat_from_report(report, time.time())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from webservice.limits import Limits
 
@@ -33,6 +34,10 @@ class Settings:
     db_path: str = field(default_factory=lambda: str(default_db_path()))
     #: The URL given to endpoints and SDKs; differs from `amqp_url` behind NAT or in containers.
     public_amqp_url: str | None = None
+    #: The broker's management API as an administrator (http://USER:PASSWORD@HOST:PORT/):
+    #: how each endpoint and client gets an account of its own. None: the AMQP URL's user and
+    #: host on port 15672.
+    broker_admin_url: str | None = None
     queue_prefix: str = DEFAULT_QUEUE_PREFIX
     #: Lifetime of issued access tokens (the SDK caches them until they expire).
     access_token_ttl_s: int = 172_800
@@ -54,4 +59,18 @@ class Settings:
 
     @property
     def handout_amqp_url(self) -> str:
+        """The broker address handed out; its user and password are replaced by each
+        principal's own (`principals.py`): the service's account is never handed out."""
         return self.public_amqp_url or self.amqp_url
+
+    @property
+    def vhost(self) -> str:
+        path = urlsplit(self.amqp_url).path
+        return unquote(path[1:]) if len(path) > 1 else "/"
+
+    @property
+    def admin_url(self) -> str:
+        if self.broker_admin_url:
+            return self.broker_admin_url
+        parts = urlsplit(self.amqp_url)
+        return f"http://{parts.netloc.rpartition('@')[0]}@{parts.hostname}:15672/"

@@ -95,16 +95,19 @@ def _serve(
     log = tmp / "serve.log"
     environ = {k: v for k, v in os.environ.items() if not k.startswith("COMPUTE_WEBSERVICE_")}
     environ.update({f"COMPUTE_WEBSERVICE_{k}": v for k, v in env.items()})
+    # Secrets in the environment, never on a command line (`ps` shows argv to everyone).
+    environ["COMPUTE_WEBSERVICE_AMQP_URL"] = rabbit.url
+    environ["COMPUTE_WEBSERVICE_AMQP_ADMIN_URL"] = rabbit.admin_url
 
     def limit_descriptors() -> None:
         if nofile is not None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
     cmd = [sys.executable, "-m", "webservice", "serve", "--host", "127.0.0.1"]
-    cmd += ["--port", str(port), "--amqp-url", rabbit.url, "--db", db]
+    cmd += ["--port", str(port), "--db", db]
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, preexec_fn=limit_descriptors
+            cmd, stdout=out, stderr=subprocess.STDOUT, preexec_fn=limit_descriptors, env=environ
         )
     served = Served(proc, port, db, log, rabbit.url)
     try:
@@ -299,16 +302,17 @@ def _queue_depth(amqp_url: str, queue: str) -> int:
 def test_an_oversized_header_field_is_refused_and_nothing_is_published(
     served: Served, api: ApiClient, field: dict[str, Any]
 ) -> None:
-    ep = api.register_endpoint()["endpoint_id"]
+    reg = api.register_endpoint()
+    ep, tasks = reg["endpoint_id"], reg["task_queue_info"]["queue"]
     fid = api.register_function(CODE)
     resp = api.submit(ep, {fid: [PAYLOAD, PAYLOAD]}, **field)
     assert resp.status_code in (413, 422), resp.text
     assert resp.json()["code"] in ("FIELD_TOO_LARGE", "VALIDATION_ERROR")
-    assert _queue_depth(served.amqp_url, f"{ep}.tasks") == 0
+    assert _queue_depth(served.amqp_url, tasks) == 0
     # The service's AMQP connection survived: the next submit is published at once.
     ok = api.submit(ep, {fid: [PAYLOAD]})
     assert ok.status_code == 200, ok.text
-    assert _queue_depth(served.amqp_url, f"{ep}.tasks") == 1
+    assert _queue_depth(served.amqp_url, tasks) == 1
 
 
 # --- finding 8: all or nothing, 4xx never 500 --------------------------------------------
@@ -317,7 +321,8 @@ def test_an_oversized_header_field_is_refused_and_nothing_is_published(
 def test_a_batch_with_one_unencodable_payload_publishes_and_stores_nothing(
     served: Served, api: ApiClient
 ) -> None:
-    ep = api.register_endpoint()["endpoint_id"]
+    reg = api.register_endpoint()
+    ep, tasks = reg["endpoint_id"], reg["task_queue_info"]["queue"]
     fid = api.register_function(CODE)
     tg = str(uuid.uuid4())
     good = json.dumps(PAYLOAD)
@@ -329,7 +334,7 @@ def test_a_batch_with_one_unencodable_payload_publishes_and_stores_nothing(
         f"/v3/endpoints/{ep}/submit", content=body, headers={"Content-Type": "application/json"}
     )
     assert resp.status_code == 422, resp.text
-    assert _queue_depth(served.amqp_url, f"{ep}.tasks") == 0
+    assert _queue_depth(served.amqp_url, tasks) == 0
     # Nothing stored: the group the failed submit would have created does not exist.
     assert api.get(f"/v2/taskgroup/{tg}").status_code == 404
 

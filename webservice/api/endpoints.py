@@ -10,12 +10,11 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends
 
 from webservice.context import Services, get_services
-from webservice.errors import Forbidden, Locked, NotFound
+from webservice.errors import Conflict, Forbidden, Locked, NotFound
 from webservice.liveness import status_doc
 from webservice.models import EndpointIn
 from webservice.security import Caller, CallerDep
 from webservice.store.endpoints import MANAGER, SINGLE_USER, Endpoint
-from webservice.topology import queue_infos
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -39,6 +38,10 @@ def _owned(services: Services, caller: Caller, endpoint_id: uuid.UUID) -> Endpoi
 async def _register(
     services: Services, caller: Caller, endpoint_id: str, body: EndpointIn
 ) -> dict[str, Any]:
+    deleted_by = services.store.endpoints.deleted_owner(endpoint_id)
+    if deleted_by is not None and deleted_by != caller.identity:
+        # Its old owner's users may still know the id: nobody else may take it over.
+        raise Conflict(f"endpoint {endpoint_id} was deleted; register a new endpoint instead")
     existing = services.store.endpoints.get(endpoint_id)
     if existing is not None:
         if existing.owner != caller.identity:
@@ -58,12 +61,11 @@ async def _register(
     )
     # Declared before the answer: the endpoint's first act is to use these queues.
     await services.topology.declare_endpoint(endpoint_id)
+    # Every registration is a start: a new password, and the previous one stops working.
+    url = await services.principals.endpoint_url(endpoint_id, rotate=True)
     services.store.endpoints.save(endpoint)
     log.info("endpoint %s registered by %s (%s)", endpoint_id, caller.identity, endpoint.mode)
-    return {
-        "endpoint_id": endpoint_id,
-        **queue_infos(endpoint_id, services.settings.handout_amqp_url),
-    }
+    return {"endpoint_id": endpoint_id, **services.topology.names.queue_infos(endpoint_id, url)}
 
 
 @router.post("/v3/endpoints")
@@ -130,7 +132,10 @@ async def delete_endpoint(
 ) -> dict[str, Any]:
     endpoint = _owned(services, caller, endpoint_id)
     eid = endpoint.endpoint_id
+    ueps = services.store.endpoints.uep_ids(eid)
     services.store.endpoints.delete(eid)
+    # Its accounts (and its user endpoints') stop working now, connections included.
+    await services.principals.revoke([eid, *ueps])
     await services.topology.delete_endpoint_queues(eid)
     # Nobody will ever answer these now: tell their submitters.
     waiting = services.store.tasks.pending_ids(endpoint_id=eid)

@@ -59,5 +59,9 @@ async def get_task_group(
 
 @router.get("/v2/get_amqp_result_connection_url")
 async def result_connection_url(caller: CallerDep, services: ServicesDep) -> dict[str, Any]:
-    settings = services.settings
-    return {"connection_url": settings.handout_amqp_url, "queue_prefix": settings.queue_prefix}
+    # The client's own account: it may read its own task groups' result queues, nothing else.
+    url = await services.principals.client_url(caller.identity)
+    return {
+        "connection_url": url,
+        "queue_prefix": services.topology.names.result_prefix(caller.identity),
+    }

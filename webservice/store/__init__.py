@@ -7,6 +7,7 @@ from webservice.store.credentials import CredentialStore
 from webservice.store.endpoints import EndpointStore
 from webservice.store.functions import FunctionStore
 from webservice.store.heartbeats import HeartbeatStore
+from webservice.store.principals import PrincipalStore
 from webservice.store.tasks import TaskStore
 
 
@@ -20,6 +21,7 @@ class Store:
         self.endpoints = EndpointStore(db)
         self.tasks = TaskStore(db)
         self.heartbeats = HeartbeatStore(db)
+        self.principals = PrincipalStore(db)
 
     @classmethod
     def open(cls, path: str) -> Store:
@@ -34,6 +36,7 @@ __all__ = [
     "EndpointStore",
     "FunctionStore",
     "HeartbeatStore",
+    "PrincipalStore",
     "Store",
     "TaskStore",
 ]

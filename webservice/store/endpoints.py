@@ -124,8 +124,27 @@ class EndpointStore:
             )
 
     def delete(self, endpoint_id: str) -> None:
+        """Forget the endpoint, keeping a tombstone: only its owner may reuse the id."""
         with self._db.tx() as c:
+            c.execute(
+                "INSERT OR REPLACE INTO deleted_endpoints (endpoint_id, owner, deleted_at)"
+                " SELECT endpoint_id, owner, ? FROM endpoints WHERE endpoint_id=?",
+                (time.time(), endpoint_id),
+            )
             c.execute("DELETE FROM endpoints WHERE endpoint_id=?", (endpoint_id,))
+
+    def deleted_owner(self, endpoint_id: str) -> str | None:
+        """Who owned `endpoint_id` when it was deleted (None: never deleted)."""
+        row = self._db.conn.execute(
+            "SELECT owner FROM deleted_endpoints WHERE endpoint_id=?", (endpoint_id,)
+        ).fetchone()
+        return None if row is None else str(row["owner"])
+
+    def uep_ids(self, manager_id: str) -> list[str]:
+        rows = self._db.conn.execute(
+            "SELECT uep_id FROM user_endpoints WHERE manager_id=?", (manager_id,)
+        ).fetchall()
+        return [str(r["uep_id"]) for r in rows]
 
     def visible_to(self, identity: str, include_public: bool) -> list[Endpoint]:
         sql = "SELECT * FROM endpoints WHERE owner=?"

@@ -71,6 +71,8 @@ class Routing:
     status: str
     queue_name: str | None
     published: bool
+    #: The endpoint whose queue got the task: the only one whose result is accepted.
+    route_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -193,14 +195,19 @@ class TaskStore:
         found: dict[str, Routing] = {}
         for part in chunked(task_ids):
             rows = self._db.conn.execute(
-                "SELECT t.task_id, t.status, t.result_published_ns, g.queue_name FROM tasks t"
+                "SELECT t.task_id, t.status, t.result_published_ns, t.route_id, g.queue_name"
+                " FROM tasks t"
                 " LEFT JOIN task_groups g ON g.task_group_id = t.task_group_id"
                 f" WHERE t.task_id IN ({marks(len(part))})",
                 part,
             ).fetchall()
             for r in rows:
                 found[r["task_id"]] = Routing(
-                    r["task_id"], r["status"], r["queue_name"], r["result_published_ns"] is not None
+                    r["task_id"],
+                    r["status"],
+                    r["queue_name"],
+                    r["result_published_ns"] is not None,
+                    r["route_id"],
                 )
         return found
 
