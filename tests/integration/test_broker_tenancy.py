@@ -11,6 +11,7 @@ Throughout, A's endpoint runs A's tasks: every one completes exactly once with A
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
@@ -260,6 +261,10 @@ def test_every_account_b_holds_is_refused_each_attack_on_a(
     assert outcomes == dict.fromkeys(outcomes, ACCESS_REFUSED), outcomes
 
 
+def _passive_declare(name: str, ch: BlockingChannel) -> None:
+    ch.queue_declare(name, passive=True)
+
+
 def test_b_cannot_even_learn_how_busy_a_is(tenants: dict[str, Tenant]) -> None:
     """A passive declare needs no permission in a vhost; the names B could know lead nowhere."""
     alice, bob = tenants["alice"], tenants["bob"]
@@ -270,7 +275,7 @@ def test_b_cannot_even_learn_how_busy_a_is(tenants: dict[str, Tenant]) -> None:
     ]
     for url in bob.urls().values():
         for name in guesses:
-            assert attempt(url, lambda ch, n=name: ch.queue_declare(n, passive=True)) == NOT_FOUND
+            assert attempt(url, functools.partial(_passive_declare, name)) == NOT_FOUND
     # The secret parts differ per endpoint and per client.
     assert alice.sdk["queue_prefix"] != bob.sdk["queue_prefix"]
     assert (
