@@ -28,7 +28,7 @@ from pika.adapters.asyncio_connection import AsyncioConnection
 from pika.channel import Channel
 from pika.spec import Basic
 
-from webservice.errors import BrokerUnavailable
+from webservice.errors import BrokerUnavailable, Unroutable
 
 log = logging.getLogger(__name__)
 
@@ -69,24 +69,40 @@ class _Confirms:
     waiting: dict[int, asyncio.Future[None]] = field(default_factory=dict)
     # Tags in publish order, for `multiple` confirms; entries settled singly are skipped lazily.
     order: deque[int] = field(default_factory=deque)
+    # Mandatory publishes: tag -> message_id, and the ids the broker returned (unroutable).
+    # The broker sends a publish's basic.return before its basic.ack, so a return is known
+    # by the time its confirm settles it.
+    mandatory: dict[int, str] = field(default_factory=dict)
+    returned: set[str] = field(default_factory=set)
 
-    def add(self, fut: asyncio.Future[None]) -> None:
+    def add(self, fut: asyncio.Future[None], message_id: str | None = None) -> None:
         self.next_tag += 1
         self.waiting[self.next_tag] = fut
         self.order.append(self.next_tag)
+        if message_id is not None:
+            self.mandatory[self.next_tag] = message_id
 
     def settle(self, tag: int, multiple: bool, error: Exception | None) -> None:
         if not multiple:
-            _resolve(self.waiting.pop(tag, None), error)
+            self._settle_one(tag, error)
             return
         while self.order and self.order[0] <= tag:
-            _resolve(self.waiting.pop(self.order.popleft(), None), error)
+            self._settle_one(self.order.popleft(), error)
+
+    def _settle_one(self, tag: int, error: Exception | None) -> None:
+        message_id = self.mandatory.pop(tag, None)
+        if error is None and message_id is not None and message_id in self.returned:
+            self.returned.discard(message_id)
+            error = Unroutable(f"no queue is bound for message {message_id}")
+        _resolve(self.waiting.pop(tag, None), error)
 
     def fail_all(self, error: Exception) -> None:
         for fut in self.waiting.values():
             _resolve(fut, error)
         self.waiting.clear()
         self.order.clear()
+        self.mandatory.clear()
+        self.returned.clear()
 
 
 def _resolve(
@@ -254,6 +270,7 @@ class AmqpLink:
     async def _open_pub_channel(self) -> Channel:
         channel = await self._open_channel(self._on_pub_closed)
         self._confirms = _Confirms()
+        channel.add_on_return_callback(self._on_return)
         await self._rpc(lambda cb: channel.confirm_delivery(self._on_confirm, callback=cb))
         return channel
 
@@ -377,19 +394,42 @@ class AmqpLink:
     # --- publishing -----------------------------------------------------------------------
 
     def publish(
-        self, exchange: str, routing_key: str, body: bytes, properties: pika.BasicProperties
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: pika.BasicProperties,
+        mandatory: bool = False,
     ) -> asyncio.Future[None]:
-        """Send now; the future resolves when the broker confirms (or fails with 503)."""
+        """Send now; the future resolves when the broker confirms (or fails with 503).
+
+        `mandatory` needs a unique `properties.message_id`: a message no queue takes then
+        fails its future with `Unroutable` instead of vanishing (confirmed all the same).
+        """
         ch = self._pub
         if ch is None or not ch.is_open or not self._ready.is_set():
             raise BrokerUnavailable("not connected to the broker")
+        if mandatory and not properties.message_id:
+            raise ValueError("a mandatory publish needs a message_id")
         try:
-            ch.basic_publish(exchange, routing_key, body, properties)
+            ch.basic_publish(exchange, routing_key, body, properties, mandatory=mandatory)
         except pika.exceptions.AMQPError as e:
             raise BrokerUnavailable(f"publish failed: {e!r}") from e
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._confirms.add(fut)
+        self._confirms.add(fut, properties.message_id if mandatory else None)
         return fut
+
+    def _on_return(
+        self, _ch: Channel, method: Any, properties: pika.BasicProperties, _body: bytes
+    ) -> None:
+        log.warning(
+            "the broker returned a message for %r/%r: %s",
+            method.exchange,
+            method.routing_key,
+            method.reply_text,
+        )
+        if properties.message_id:
+            self._confirms.returned.add(properties.message_id)
 
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method

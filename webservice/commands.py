@@ -68,6 +68,8 @@ def command_properties() -> pika.BasicProperties:
     # content_type and an integer timestamp are required: the manager drops anything else.
     return pika.BasicProperties(
         content_type="application/json",
+        # Mandatory publishes are matched to the broker's returns by this id.
+        message_id=str(uuid.uuid4()),
         delivery_mode=2,
         timestamp=int(time.time()),
         expiration=str(COMMAND_TTL_MS),

@@ -12,10 +12,12 @@ the broker's confirms, so an answered submit is a durable one.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pika
@@ -35,6 +37,7 @@ from webservice.errors import (
     NotFound,
     PayloadTooLarge,
     Unprocessable,
+    Unroutable,
 )
 from webservice.limits import (
     MAX_HEADER_BYTES,
@@ -95,29 +98,28 @@ class Dispatcher:
         created = group is None
         if group is None:
             group = self._store.tasks.create_group(group_id, caller.identity, time.time())
-        pending: list[asyncio.Future[None]] = []
         stored = False
         try:
             if body.create_queue:
                 await self._ensure_result_queue(group)
             if endpoint.is_manager:
-                pending.append(await self._user_endpoint(caller, endpoint, body))
+                await self._user_endpoint(caller, endpoint, body)
             else:
                 await self._topology.ensure_tasks_queue(route_id)
             self._store.tasks.add(new_tasks)
             stored = True
-            queue = self._names.tasks_queue(route_id)
-            pending.extend(
-                self._link.publish(TASKS_EXCHANGE, queue, data, props) for data, props in messages
+            await self._publish_routed(
+                TASKS_EXCHANGE,
+                self._names.tasks_queue(route_id),
+                messages,
+                functools.partial(self._topology.ensure_tasks_queue, route_id),
             )
-            await self._confirmed(pending)
         except BaseException:
             # The caller never learns these ids: forget them (the SDK resubmits on a 5xx).
             if stored:
                 self._store.tasks.discard([t.task_id for t in new_tasks])
             if created:
                 self._store.tasks.discard_group_if_empty(group.task_group_id)
-            _ignore_outcomes(pending)
             raise
         return {
             "request_id": str(uuid.uuid4()),
@@ -177,9 +179,7 @@ class Dispatcher:
         if group.queue_name != queue:
             self._store.tasks.set_group_queue(group.task_group_id, queue)
 
-    async def _user_endpoint(
-        self, caller: Caller, manager: Endpoint, body: SubmitIn
-    ) -> asyncio.Future[None]:
+    async def _user_endpoint(self, caller: Caller, manager: Endpoint, body: SubmitIn) -> None:
         """The caller's UEP on `manager`: its queue declared and its start command sent."""
         uid = uep_id(manager.endpoint_id, caller.identity, body.user_endpoint_config)
         uep = UserEndpoint(
@@ -193,7 +193,7 @@ class Dispatcher:
         self._store.endpoints.save_uep(uep)
         # The queue must exist before the UEP starts: a missing one silently starves it.
         await self._topology.ensure_tasks_queue(uid)
-        return await self._send_start(uep, rotate=not self._running(uep.uep_id))
+        await self._send_start(uep, rotate=not self._running(uep.uep_id))
 
     def _running(self, uep_id: str) -> bool:
         """Heartbeating, or told to start so recently that it may still be starting."""
@@ -203,7 +203,7 @@ class Dispatcher:
         since = time.monotonic() - self._started_at.get(uep_id, -1e9)
         return since < self._settings.uep_restart_grace_s
 
-    async def _send_start(self, uep: UserEndpoint, rotate: bool) -> asyncio.Future[None]:
+    async def _send_start(self, uep: UserEndpoint, rotate: bool) -> None:
         """A start command with the UEP's own broker account: a new password when it starts
         now (`rotate`), the current one when the command only refreshes a running UEP (a new
         password then would race the reconnects of the UEP that holds the old one)."""
@@ -213,7 +213,54 @@ class Dispatcher:
         if rotate:
             self._started_at[uep.uep_id] = time.monotonic()
         command = start_command(uep, identity_username(uep.owner), self._names, url)
-        return self._link.publish("", commands, encode_command(command), command_properties())
+        await self._publish_routed(
+            "",
+            commands,
+            [(encode_command(command), command_properties())],
+            functools.partial(self._topology.ensure_queue, commands),
+        )
+
+    async def _publish_routed(
+        self,
+        exchange: str,
+        queue: str,
+        messages: list[tuple[bytes, pika.BasicProperties]],
+        redeclare: Callable[[], Awaitable[None]],
+    ) -> None:
+        """Publish as mandatory and wait for every confirm. Messages the broker returns (their
+        queue was deleted behind our back) are sent again once after `redeclare`; returned a
+        second time, the submit fails (503) instead of answering 200 for lost tasks."""
+        returned = await self._unroutable(
+            [self._link.publish(exchange, queue, d, p, mandatory=True) for d, p in messages]
+        )
+        if not returned:
+            return
+        log.warning(
+            "queue %s was gone (%d message(s) returned); declaring it again", queue, len(returned)
+        )
+        self._topology.forget(queue)
+        await redeclare()
+        again = await self._unroutable(
+            [self._link.publish(exchange, queue, *messages[i], mandatory=True) for i in returned]
+        )
+        if again:
+            raise BrokerUnavailable(f"queue {queue} cannot be reached; nothing was sent")
+
+    async def _unroutable(self, futures: list[asyncio.Future[None]]) -> list[int]:
+        """Wait for every confirm; the indices of the returned ones (other failures raise)."""
+        try:
+            outcomes = await asyncio.wait_for(
+                asyncio.gather(*futures, return_exceptions=True), self._settings.confirm_timeout_s
+            )
+        except TimeoutError as e:
+            raise BrokerUnavailable("the broker did not confirm the messages in time") from e
+        returned = []
+        for i, outcome in enumerate(outcomes):
+            if isinstance(outcome, Unroutable):
+                returned.append(i)
+            elif isinstance(outcome, BaseException):
+                raise outcome
+        return returned
 
     def _new_tasks(
         self,
@@ -245,12 +292,6 @@ class Dispatcher:
             )
         return new_tasks, ids_by_key
 
-    async def _confirmed(self, futures: list[asyncio.Future[None]]) -> None:
-        try:
-            await asyncio.wait_for(asyncio.gather(*futures), self._settings.confirm_timeout_s)
-        except TimeoutError as e:
-            raise BrokerUnavailable("the broker did not confirm the tasks in time") from e
-
     # --- manager heartbeats ---------------------------------------------------------------
 
     async def revive_user_endpoints(self, manager_id: str) -> None:
@@ -264,7 +305,7 @@ class Dispatcher:
                 continue
             log.info("re-sending the start command of user endpoint %s", uep.uep_id)
             try:
-                await self._confirmed([await self._send_start(uep, rotate=True)])
+                await self._send_start(uep, rotate=True)
             except BrokerUnavailable as e:
                 log.warning("could not re-send a start command: %s", e)
 
@@ -317,6 +358,8 @@ def encode_tasks(
             props = pika.BasicProperties(
                 content_type="application/json",
                 delivery_mode=2,
+                # Mandatory publishes are matched to the broker's returns by this id.
+                message_id=task.task_id,
                 headers={
                     "function_uuid": task.function_id,
                     "task_uuid": task.task_id,
@@ -336,13 +379,3 @@ def encode_tasks(
             code="FIELD_TOO_LARGE",
         )
     return messages
-
-
-def _ignore_outcomes(futures: list[asyncio.Future[None]]) -> None:
-    """Mark the outcomes of abandoned confirms as seen (no "never retrieved" warnings)."""
-    for fut in futures:
-        if fut.done():
-            if not fut.cancelled():
-                fut.exception()
-        else:
-            fut.add_done_callback(lambda f: f.cancelled() or f.exception())

@@ -11,6 +11,7 @@
      +-- Unprocessable            422  (a body FastAPI parsed but we cannot use)
      +-- Locked                   423
      +-- BrokerUnavailable        503  (the SDK retries 5xx, so only for transient broker trouble)
+          +-- Unroutable               (a mandatory publish no queue took: its queue is gone)
      +-- OAuthError               400/401/429, in RFC 6749 shape ({"error", "error_description"})
 
 Route code raises these; `app.py` turns them into JSON. Nothing else in the package picks
@@ -88,6 +89,12 @@ class Locked(ServiceError):
 class BrokerUnavailable(ServiceError):
     status = 503
     code = "BROKER_UNAVAILABLE"
+
+
+class Unroutable(BrokerUnavailable):
+    """The broker returned a mandatory publish: no queue is bound for it (one was deleted)."""
+
+    code = "QUEUE_MISSING"
 
 
 class OAuthError(ServiceError):
