@@ -142,9 +142,16 @@ def _serve_until_stopped(args: argparse.Namespace) -> int:
 def _create_client(args: argparse.Namespace) -> int:
     store = Store.open(args.db)
     try:
+        same = bool(
+            args.client_id
+            and args.client_secret
+            and store.credentials.verify_client(args.client_id, args.client_secret)
+        )
         cid, secret = store.credentials.create_client(args.name, args.client_id, args.client_secret)
-        # A new secret also retires the client's broker password (`principals.py`).
-        store.principals.bump_if_known(client_user(cid))
+        if not same:
+            # A new secret also retires the client's broker password (`principals.py`); the
+            # same one again (the appliance re-creates its client at every start) does not.
+            store.principals.bump_if_known(client_user(cid))
     except ValueError as e:
         print(f"compute-webservice: {e}", file=sys.stderr)
         return RET_USAGE

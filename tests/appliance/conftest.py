@@ -157,9 +157,11 @@ def run_container(
 
 
 def broker_ports() -> dict[str, str]:
-    """Free ports for a RabbitMQ node on the host's network (AMQP, distribution, epmd)."""
+    """Free ports for a RabbitMQ node on the host's network (AMQP, management API,
+    distribution, epmd)."""
     return {
         "BROKER_PORT": str(free_port()),
+        "BROKER_ADMIN_PORT": str(free_port()),
         "BROKER_DIST_PORT": str(free_port()),
         "BROKER_EPMD_PORT": str(free_port()),
     }
