@@ -2,9 +2,10 @@
 
 The probe runs as a real other uid (`nobody`, through `setpriv`), never as the test's own
 user, with the project's Python (pika). It tries `guest/guest`, then every credential it can
-find: AMQP URLs and user/password pairs in any file it can read, and every process's command
-line (`/proc/*/cmdline` is readable by all). The test (root) names the paths; the probe reports
-which of them it could list or read. Root is needed to switch uid: the tests fail without it.
+find (on AMQP, and on the management API when its port is given): AMQP URLs and user/password
+pairs in any file it can read, and every process's command line (`/proc/*/cmdline` is readable
+by all). The test (root) names the paths; the probe reports which of them it could list or
+read. Root is needed to switch uid: the tests fail without it.
 """
 
 from __future__ import annotations
@@ -78,7 +79,25 @@ for pid in os.listdir("/proc"):
             found.update(candidates(fh.read().replace(b"\0", b" ").decode(errors="replace")))
     except OSError:
         pass
+def manages(user, password):
+    # The management API (HTTP basic auth): what the web service makes accounts through.
+    import base64, urllib.error, urllib.request
+    from urllib.parse import unquote
+    token = base64.b64encode(f"{unquote(user)}:{unquote(password)}".encode()).decode()
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{args['admin_port']}/api/whoami",
+        headers={"Authorization": f"Basic {token}"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 connected = sorted(user for user, password in found if connects(user, password))
+if args.get("admin_port"):
+    connected += sorted(f"api:{u}" for u, p in found if manages(u, p))
 print(json.dumps({"listable": listable, "readable": readable, "connected": connected}))
 """
 
@@ -138,9 +157,17 @@ def loose_modes(root: Path) -> dict[str, str]:
     return found
 
 
-def probe(port: int, dirs: list[Path], files: list[Path]) -> Findings:
-    """The attacker tries the broker on `port` and every one of `dirs` and `files`."""
-    doc = {"port": port, "dirs": [str(d) for d in dirs], "files": [str(f) for f in files]}
+def probe(
+    port: int, dirs: list[Path], files: list[Path], admin_port: int | None = None
+) -> Findings:
+    """The attacker tries the broker on `port` (and its management API on `admin_port`: a
+    login there is reported as `api:USER`) and every one of `dirs` and `files`."""
+    doc = {
+        "port": port,
+        "admin_port": admin_port,
+        "dirs": [str(d) for d in dirs],
+        "files": [str(f) for f in files],
+    }
     proc = as_attacker(sys.executable, "-c", PROBE, json.dumps(doc))
     assert proc.returncode == 0, f"the probe failed:\n{proc.stdout}\n{proc.stderr[-3000:]}"
     out = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -67,7 +67,7 @@ def _lifespan(settings: Settings) -> Any:
         try:
             # Before anything connects: without the management API no endpoint or client
             # could be given an account of its own, and the service's must never be handed out.
-            await _check_admin(services.principals)
+            await _check_admin(services.principals, settings.broker_wait_s)
             await services.link.start(settings.broker_wait_s)
             await services.forwarder.start()
             await monitor.start()
@@ -103,9 +103,9 @@ def _build(settings: Settings) -> tuple[Services, HeartbeatMonitor]:
     return services, monitor
 
 
-async def _check_admin(principals: Principals) -> None:
+async def _check_admin(principals: Principals, wait_s: float) -> None:
     try:
-        await principals.check_admin()
+        await principals.check_admin(wait_s)
     except BrokerAdminError as e:
         raise BrokerAdminError(
             f"{e}. The service gives every endpoint and SDK client a broker account of its "

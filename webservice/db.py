@@ -109,9 +109,11 @@ CREATE INDEX IF NOT EXISTS waiting_tasks_by_endpoint ON tasks (endpoint_id)
 
 -- Broker accounts handed out (`principals.py`): the password is derived from the service key
 -- and the generation, so rotating one is a bump here and nothing secret is stored per account.
+-- A revoked account keeps its generation: its next life must not reuse old passwords.
 CREATE TABLE IF NOT EXISTS broker_principals (
     name TEXT PRIMARY KEY,
-    generation INTEGER NOT NULL
+    generation INTEGER NOT NULL,
+    revoked INTEGER NOT NULL DEFAULT 0
 );
 
 -- Deleted endpoint ids: only their owner may ever register them again.

@@ -99,8 +99,22 @@ class Principals:
         # Accounts known to hold their current generation's password at the broker.
         self._current: dict[str, int] = {}
 
-    async def check_admin(self) -> None:
-        await asyncio.to_thread(self._admin.check)
+    async def check_admin(self, wait_s: float) -> None:
+        """The management API answers as an administrator, waiting up to `wait_s` for it (the
+        broker may be starting beside the service, as in the all-in-one image)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        delay = 0.25
+        while True:
+            try:
+                await asyncio.to_thread(self._admin.check)
+                return
+            except BrokerAdminError as e:
+                if loop.time() + delay > deadline:
+                    raise
+                log.info("broker management API not ready yet (%s); retrying", e)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     def _password(self, name: str, generation: int) -> str:
         mac = hmac.new(self._key, f"password\n{name}\n{generation}".encode(), hashlib.sha256)
@@ -137,7 +151,7 @@ class Principals:
         for name in names:
             await self._admin.adelete_user(name)
             self._current.pop(name, None)
-        self._store.forget(names)
+        self._store.revoke(names)
 
     async def restore(self) -> None:
         """Re-create accounts the broker lacks (a replaced or wiped broker), with the same

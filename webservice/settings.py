@@ -73,4 +73,7 @@ class Settings:
         if self.broker_admin_url:
             return self.broker_admin_url
         parts = urlsplit(self.amqp_url)
-        return f"http://{parts.netloc.rpartition('@')[0]}@{parts.hostname}:15672/"
+        userinfo = parts.netloc.rpartition("@")[0]
+        host = parts.hostname or "localhost"
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{userinfo}@{host}:15672/" if userinfo else f"http://{host}:15672/"

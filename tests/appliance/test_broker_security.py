@@ -83,7 +83,7 @@ def _password(credentials: Path) -> str:
 
 def test_a_host_user_cannot_log_in_to_the_all_in_one_broker(aio: AllInOne) -> None:
     dirs, files = tree(aio.state)
-    found = probe(aio.broker_port, dirs, files)
+    found = probe(aio.broker_port, dirs, files, int(aio.broker_env["BROKER_ADMIN_PORT"]))
     assert found.connected == [], f"logged in as {found.connected}"
 
 
@@ -163,7 +163,7 @@ def test_a_host_user_cannot_log_in_to_the_compose_broker(stack: Stack) -> None:
     for volume in stack.volumes():
         more_dirs, more_files = tree(volume)
         dirs, files = dirs + more_dirs, files + more_files
-    found = probe(int(stack.env["BROKER_PORT"]), dirs, files)
+    found = probe(int(stack.env["BROKER_PORT"]), dirs, files, int(stack.env["BROKER_ADMIN_PORT"]))
     assert found.connected == [], f"logged in as {found.connected}"
     assert found.listable == [] and found.readable == [], found
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -46,6 +47,12 @@ class Service:
     @property
     def broker_port(self) -> int:
         return int((self.state_dir / PORT_FILE).read_text())
+
+    @property
+    def admin_port(self) -> int:
+        """The management API's port, from the node's config (0600; the test is root)."""
+        conf = (self.state_dir / "rabbitmq.conf").read_text()
+        return int(re.search(r"management\.tcp\.port = (\d+)", conf)[1])  # type: ignore[index]
 
     def password(self) -> str:
         doc = json.loads((self.state_dir / CREDENTIALS_FILE).read_text())
@@ -108,7 +115,7 @@ def service() -> Iterator[Service]:
 
 def test_a_local_user_cannot_log_in_to_the_embedded_broker(service: Service) -> None:
     dirs, files = tree(service.state_dir)
-    found = probe(service.broker_port, dirs, files)
+    found = probe(service.broker_port, dirs, files, admin_port=service.admin_port)
     assert found.connected == [], f"logged in as {found.connected}"
 
 

@@ -177,7 +177,7 @@ def attempt(url: str, action: Callable[[BlockingChannel], Any]) -> int | None:
 
 
 @pytest.fixture(scope="module")
-def tenants(service: ServiceThread, rabbit: PrivateRabbit) -> dict[str, Tenant]:
+def tenants(service: ServiceThread, rabbit: PrivateRabbit) -> Iterator[dict[str, Tenant]]:
     alice = _tenant(service, "alice", public=True)
     bob = _tenant(service, "bob", public=False)
     # B's manager starts a user endpoint for B: B's manager account reads the command.
@@ -185,7 +185,11 @@ def tenants(service: ServiceThread, rabbit: PrivateRabbit) -> dict[str, Tenant]:
     assert bob.api.submit(bob.manager["endpoint_id"], {fid: [PAYLOAD]}).status_code == 200
     command = _start_command(rabbit, bob.manager["command_queue_info"]["queue"])
     bob.uep_creds = command["kwargs"]["amqp_creds"]
-    return {"alice": alice, "bob": bob}
+    try:
+        yield {"alice": alice, "bob": bob}
+    finally:
+        alice.api.close()
+        bob.api.close()
 
 
 @pytest.fixture(scope="module")
@@ -389,6 +393,13 @@ def test_a_rotated_or_revoked_account_stops_working(
     finally:
         if held.is_open:
             held.close()
+    # Its owner may register the id again: with a password it never had before.
+    back = api.put(f"/v3/endpoints/{eid}", json={"endpoint_name": "ep"}).json()
+    third = back["task_queue_info"]["connection_url"]
+    assert third not in (old_url, new_url)
+    assert attempt(old_url, lambda ch: None) == ACCESS_REFUSED
+    assert attempt(new_url, lambda ch: None) == ACCESS_REFUSED
+    assert attempt(third, lambda ch: ch.queue_declare(queue, passive=True)) is None
 
 
 def test_a_deleted_endpoint_id_cannot_be_taken_over(

@@ -87,7 +87,14 @@ def service(
 ) -> Iterator[ServiceThread]:
     db = tmp_path_factory.mktemp("ws-sec") / "ws.db"
     prefix = f"tg.{uuid.uuid4().hex[:8]}."
-    with ServiceThread(Settings(amqp_url=rabbit.url, db_path=str(db), queue_prefix=prefix)) as svc:
+    with ServiceThread(
+        Settings(
+            amqp_url=rabbit.url,
+            broker_admin_url=rabbit.admin_url,
+            db_path=str(db),
+            queue_prefix=prefix,
+        )
+    ) as svc:
         yield svc
 
 

@@ -6,6 +6,8 @@ import base64
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -26,7 +28,14 @@ def service(
 ) -> Iterator[ServiceThread]:
     db = tmp_path_factory.mktemp("ws-api") / "ws.db"
     prefix = f"tg.{uuid.uuid4().hex[:8]}."
-    with ServiceThread(Settings(amqp_url=rabbit.url, db_path=str(db), queue_prefix=prefix)) as svc:
+    with ServiceThread(
+        Settings(
+            amqp_url=rabbit.url,
+            broker_admin_url=rabbit.admin_url,
+            db_path=str(db),
+            queue_prefix=prefix,
+        )
+    ) as svc:
         yield svc
 
 
@@ -306,20 +315,23 @@ def test_another_identitys_tasks_and_task_groups_are_403(alice: ApiClient, bob: 
 # --- endpoints ------------------------------------------------------------------------------
 
 
-def _assert_queue_infos(doc: dict[str, object], endpoint_id: str, amqp_url: str) -> None:
+def _assert_queue_infos(doc: dict[str, Any], endpoint_id: str, service_url: str) -> None:
+    """Every block names the endpoint's own broker account (never the service's) at the
+    service's broker, and queues whose names only the service and the endpoint know."""
     assert doc["endpoint_id"] == endpoint_id
-    assert doc["command_queue_info"] == {
-        "connection_url": amqp_url,
-        "queue": f"{endpoint_id}.commands",
-    }
-    assert doc["task_queue_info"] == {
-        "connection_url": amqp_url,
-        "exchange": "tasks",
-        "queue": f"{endpoint_id}.tasks",
-    }
+    url = doc["command_queue_info"]["connection_url"]
+    mine, theirs = urlsplit(url), urlsplit(service_url)
+    assert mine.username == f"ep.{endpoint_id}"
+    assert mine.password and mine.password != theirs.password
+    assert (mine.hostname, mine.port, mine.path) == (theirs.hostname, theirs.port, theirs.path)
+    assert doc["command_queue_info"]["queue"].startswith(f"{endpoint_id}.commands.")
+    assert set(doc["command_queue_info"]) == {"connection_url", "queue"}
+    assert doc["task_queue_info"]["connection_url"] == url
+    assert doc["task_queue_info"]["exchange"] == "tasks"
+    assert doc["task_queue_info"]["queue"].startswith(f"{endpoint_id}.tasks.")
     for kind, exchange in (("result", "results"), ("heartbeat", "heartbeats")):
         assert doc[f"{kind}_queue_info"] == {
-            "connection_url": amqp_url,
+            "connection_url": url,
             "exchange": exchange,
             "queue": exchange,
             "queue_publish_kwargs": {
@@ -405,10 +417,27 @@ def test_source_code_registration_is_framed_as_the_st_strategy(alice: ApiClient)
 
 
 def test_result_connection_url_hands_out_the_broker_and_prefix(
-    service: ServiceThread, alice: ApiClient
+    service: ServiceThread, alice: ApiClient, bob: ApiClient
 ) -> None:
-    doc = alice.get("/v2/get_amqp_result_connection_url").json()
-    assert doc == {
-        "connection_url": service.settings.amqp_url,
-        "queue_prefix": service.settings.queue_prefix,
-    }
+    """The client's own broker account (never the service's) at the service's broker, and a
+    prefix of the service's that only this client's result queues carry."""
+    route = "/v2/get_amqp_result_connection_url"
+    doc = alice.get(route).json()
+    assert set(doc) == {"connection_url", "queue_prefix"}
+    mine, theirs = urlsplit(doc["connection_url"]), urlsplit(service.settings.amqp_url)
+    assert mine.scheme == theirs.scheme
+    assert mine.username == f"sdk.{alice.identity}"
+    assert mine.password and mine.password != theirs.password
+    assert (mine.hostname, mine.port, mine.path) == (theirs.hostname, theirs.port, theirs.path)
+    prefix = doc["queue_prefix"]
+    token = prefix.removeprefix(service.settings.queue_prefix)
+    assert prefix.startswith(service.settings.queue_prefix)
+    assert token.endswith(".") and len(token) > 1
+    # Stable: every process of one client watches with the same account and prefix.
+    assert alice.get(route).json() == doc
+    # Another client gets another account and another prefix.
+    other = bob.get(route).json()
+    assert urlsplit(other["connection_url"]).username == f"sdk.{bob.identity}"
+    assert other["connection_url"] != doc["connection_url"]
+    assert other["queue_prefix"].startswith(service.settings.queue_prefix)
+    assert other["queue_prefix"] != prefix

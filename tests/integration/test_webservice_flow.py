@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import pika
 import pytest
@@ -33,6 +34,7 @@ def service(
     db = tmp_path_factory.mktemp("ws-flow") / "ws.db"
     settings = Settings(
         amqp_url=rabbit.url,
+        broker_admin_url=rabbit.admin_url,
         db_path=str(db),
         queue_prefix=f"tg.{uuid.uuid4().hex[:8]}.",
         default_heartbeat_period_s=30,
@@ -51,6 +53,7 @@ def api(service: ServiceThread) -> Iterator[ApiClient]:
 
 @pytest.fixture
 def channel(rabbit: PrivateRabbit) -> Iterator[BlockingChannel]:
+    """The service's own (administrator) account: only to peek at queues for assertions."""
     conn = pika.BlockingConnection(pika.URLParameters(rabbit.url))
     try:
         yield conn.channel()
@@ -72,13 +75,104 @@ def queue_depth(ch: BlockingChannel, queue: str) -> int:
     return int(ch.queue_declare(queue, passive=True).method.message_count)
 
 
-def publish_result(ch: BlockingChannel, route_id: str, body: bytes) -> None:
-    ch.basic_publish("results", f"{route_id}.results", body, pika.BasicProperties(delivery_mode=2))
+class FakeEndpoint:
+    """An endpoint, or a manager's user endpoint, that uses only what the service handed it
+    (a registration reply, or a start command's `amqp_creds`): its own broker account, its own
+    queues, its own routing keys. Publishes are confirmed, so one the broker refuses fails."""
+
+    def __init__(self, infos: dict[str, Any]) -> None:
+        self.infos = infos
+        self.endpoint_id: str = infos["endpoint_id"]
+        self.url: str = infos["task_queue_info"]["connection_url"]
+        self._conn = pika.BlockingConnection(pika.URLParameters(self.url))
+        self.channel = self._conn.channel()
+        self.channel.confirm_delivery()
+
+    @property
+    def tasks_queue(self) -> str:
+        queue: str = self.infos["task_queue_info"]["queue"]
+        return queue
+
+    def get_task(self) -> Message:
+        return get_one(self.channel, self.tasks_queue)
+
+    def get_command(self) -> dict[str, Any]:
+        command: dict[str, Any] = json.loads(
+            get_one(self.channel, self.infos["command_queue_info"]["queue"])[2]
+        )
+        return command
+
+    def _publish(self, kind: str, body: bytes, bare: bool = False) -> None:
+        kw = self.infos[f"{kind}_queue_info"]["queue_publish_kwargs"]
+        props = None if bare else pika.BasicProperties(**kw["properties"])
+        self.channel.basic_publish(
+            kw["exchange"], kw["routing_key"], body, props, mandatory=kw["mandatory"]
+        )
+
+    def publish_result(self, body: bytes) -> None:
+        self._publish("result", body)
+
+    def publish_heartbeat(self, state: dict[str, Any], bare: bool = False) -> None:
+        body = pack(EPStatusReport(endpoint_id=self.endpoint_id, global_state=state))
+        self._publish("heartbeat", body, bare)
+
+    def close(self) -> None:
+        if self._conn.is_open:
+            self._conn.close()
 
 
-def publish_heartbeat(ch: BlockingChannel, endpoint_id: str, state: dict[str, Any]) -> None:
-    body = pack(EPStatusReport(endpoint_id=endpoint_id, global_state=state))
-    ch.basic_publish("heartbeats", f"{endpoint_id}.heartbeats", body)
+Endpoints = Callable[[dict[str, Any]], FakeEndpoint]
+
+
+@pytest.fixture
+def endpoints() -> Iterator[Endpoints]:
+    """`endpoints(infos)`: a connected FakeEndpoint, closed after the test."""
+    made: list[FakeEndpoint] = []
+
+    def connect(infos: dict[str, Any]) -> FakeEndpoint:
+        made.append(FakeEndpoint(infos))
+        return made[-1]
+
+    yield connect
+    for fake in made:
+        fake.close()
+
+
+class ResultWatcher:
+    """The SDK's side: the result queues of one client's task groups, read with the account
+    and prefix that `/v2/get_amqp_result_connection_url` hands that client."""
+
+    def __init__(self, api: ApiClient) -> None:
+        doc = api.get("/v2/get_amqp_result_connection_url").json()
+        self.prefix: str = doc["queue_prefix"]
+        self._conn = pika.BlockingConnection(pika.URLParameters(doc["connection_url"]))
+        self.channel = self._conn.channel()
+
+    def queue(self, task_group_id: str) -> str:
+        return f"{self.prefix}{task_group_id}"
+
+    def get_one(self, task_group_id: str) -> Message:
+        return get_one(self.channel, self.queue(task_group_id))
+
+    def close(self) -> None:
+        if self._conn.is_open:
+            self._conn.close()
+
+
+@pytest.fixture
+def sdk(api: ApiClient) -> Iterator[ResultWatcher]:
+    watcher = ResultWatcher(api)
+    try:
+        yield watcher
+    finally:
+        watcher.close()
+
+
+def register_manager(api: ApiClient) -> dict[str, Any]:
+    resp = api.put(f"/v3/endpoints/{uuid.uuid4()}", json={"endpoint_name": "m"})
+    assert resp.status_code == 200, resp.text
+    reply: dict[str, Any] = resp.json()
+    return reply
 
 
 def success(task_id: str, endpoint_id: str, data: str = "11\n42") -> bytes:
@@ -106,9 +200,10 @@ def submit_one(api: ApiClient, endpoint_id: str, **extra: Any) -> tuple[str, str
 
 
 def test_submit_to_a_single_user_endpoint_publishes_tasks_to_its_queue(
-    service: ServiceThread, api: ApiClient, channel: BlockingChannel
+    api: ApiClient, endpoints: Endpoints, sdk: ResultWatcher, channel: BlockingChannel
 ) -> None:
-    ep = api.register_endpoint()["endpoint_id"]
+    fake = endpoints(api.register_endpoint())
+    ep = fake.endpoint_id
     f1, f2 = api.register_function(CODE), api.register_function("9\n01\nabcdef")
     resp = api.submit(
         ep,
@@ -124,15 +219,15 @@ def test_submit_to_a_single_user_endpoint_publishes_tasks_to_its_queue(
     uuid.UUID(reply["request_id"])
     assert [len(reply["tasks"][f1]), len(reply["tasks"][f2])] == [2, 1]
     # The task-group queue exists before the reply (the SDK consumes it without declaring).
-    assert queue_depth(channel, f"{service.settings.queue_prefix}{reply['task_group_id']}") == 0
+    assert queue_depth(channel, sdk.queue(reply["task_group_id"])) == 0
 
     expected = [(f1, reply["tasks"][f1][0], CODE + PAYLOAD)]
     expected += [(f1, reply["tasks"][f1][1], CODE + PAYLOAD + "x")]
     expected += [(f2, reply["tasks"][f2][0], "9\n01\nabcdef" + PAYLOAD)]
     for fid, tid, buffer in expected:
-        method, props, body = get_one(channel, f"{ep}.tasks")
+        method, props, body = fake.get_task()
         assert method.exchange == "tasks"
-        assert method.routing_key == f"{ep}.tasks"
+        assert method.routing_key == fake.tasks_queue
         assert props.delivery_mode == 2
         assert props.content_type == "application/json"
         assert props.headers == {
@@ -147,34 +242,44 @@ def test_submit_to_a_single_user_endpoint_publishes_tasks_to_its_queue(
 
 
 def test_absent_resource_specification_is_the_string_null(
-    api: ApiClient, channel: BlockingChannel
+    api: ApiClient, endpoints: Endpoints
 ) -> None:
-    ep = api.register_endpoint()["endpoint_id"]
-    submit_one(api, ep)
-    _, props, _ = get_one(channel, f"{ep}.tasks")
+    fake = endpoints(api.register_endpoint())
+    submit_one(api, fake.endpoint_id)
+    _, props, _ = fake.get_task()
     assert props.headers["resource_specification"] == "null"
     assert props.headers["result_serializers"] == []
 
 
 def test_submit_to_a_manager_starts_a_user_endpoint_then_queues_its_tasks(
-    service: ServiceThread, api: ApiClient, channel: BlockingChannel
+    service: ServiceThread, api: ApiClient, endpoints: Endpoints
 ) -> None:
-    mgr = str(uuid.uuid4())
-    assert api.put(f"/v3/endpoints/{mgr}", json={"endpoint_name": "m"}).status_code == 200
+    manager = endpoints(register_manager(api))
+    mgr = manager.endpoint_id
     config = {"worker_init": "true"}
     before = int(time.time())
     fid, tid, _ = submit_one(api, mgr, user_endpoint_config=config, user_runtime=RUNTIME)
 
-    method, props, body = get_one(channel, f"{mgr}.commands")
+    method, props, body = get_one(manager.channel, manager.infos["command_queue_info"]["queue"])
     assert method.exchange == ""
     assert props.content_type == "application/json"
     assert props.delivery_mode == 2
     assert isinstance(props.timestamp, int)
     assert before <= props.timestamp <= time.time() + 1
     cmd = json.loads(body)
-    uep = cmd["kwargs"]["amqp_creds"]["endpoint_id"]
+    creds = cmd["kwargs"]["amqp_creds"]
+    uep = creds["endpoint_id"]
     assert uep != mgr
-    url = service.settings.amqp_url
+    # The user endpoint's own broker account (neither the service's nor the manager's), at the
+    # service's broker, and its own tasks queue, whose name only the service hands out.
+    url = creds["task_queue_info"]["connection_url"]
+    mine, theirs = urlsplit(url), urlsplit(service.settings.amqp_url)
+    assert mine.username == f"ep.{uep}"
+    assert mine.password and mine.password != theirs.password
+    assert (mine.hostname, mine.port, mine.path) == (theirs.hostname, theirs.port, theirs.path)
+    assert url != manager.url
+    tasks_queue = creds["task_queue_info"]["queue"]
+    assert tasks_queue.startswith(f"{uep}.tasks.") and len(tasks_queue) > len(f"{uep}.tasks.")
     assert cmd == {
         "command": "cmd_start_endpoint",
         "args": [],
@@ -185,7 +290,7 @@ def test_submit_to_a_manager_starts_a_user_endpoint_then_queues_its_tasks(
                 "task_queue_info": {
                     "connection_url": url,
                     "exchange": "tasks",
-                    "queue": f"{uep}.tasks",
+                    "queue": tasks_queue,
                 },
                 "result_queue_info": {
                     "connection_url": url,
@@ -217,44 +322,43 @@ def test_submit_to_a_manager_starts_a_user_endpoint_then_queues_its_tasks(
         "globus_identity_set": [{"sub": api.identity}],
         "globus_username": f"{api.identity}@clients.auth.globus.org",
     }
-    _, tprops, tbody = get_one(channel, f"{uep}.tasks")
+    # The user endpoint, with what the command gave it, finds its task.
+    _, tprops, tbody = endpoints(creds).get_task()
     assert tprops.headers["task_uuid"] == tid
     assert tprops.headers["function_uuid"] == fid
     assert unpack_as(tbody, Task).task_buffer == CODE + PAYLOAD
 
     # Same caller and config: same UEP, and the command is sent again; new config: a new UEP.
     submit_one(api, mgr, user_endpoint_config=dict(reversed(config.items())))
-    again = json.loads(get_one(channel, f"{mgr}.commands")[2])
+    again = manager.get_command()
     assert again["kwargs"]["amqp_creds"]["endpoint_id"] == uep
+    assert again["kwargs"]["amqp_creds"]["task_queue_info"]["queue"] == tasks_queue
     submit_one(api, mgr, user_endpoint_config={"worker_init": "false"})
-    other = json.loads(get_one(channel, f"{mgr}.commands")[2])
+    other = manager.get_command()
     assert other["kwargs"]["amqp_creds"]["endpoint_id"] != uep
     assert other["kwargs"]["user_opts"] == {"worker_init": "false"}
 
 
-def test_submit_without_config_sends_empty_user_opts(
-    api: ApiClient, channel: BlockingChannel
-) -> None:
-    mgr = str(uuid.uuid4())
-    api.put(f"/v3/endpoints/{mgr}", json={"endpoint_name": "m"})
-    submit_one(api, mgr)
-    cmd = json.loads(get_one(channel, f"{mgr}.commands")[2])
-    assert cmd["kwargs"]["user_opts"] == {}
+def test_submit_without_config_sends_empty_user_opts(api: ApiClient, endpoints: Endpoints) -> None:
+    manager = endpoints(register_manager(api))
+    submit_one(api, manager.endpoint_id)
+    assert manager.get_command()["kwargs"]["user_opts"] == {}
 
 
 # --- results in -------------------------------------------------------------------------------
 
 
 def test_a_result_is_stored_and_forwarded_byte_for_byte(
-    service: ServiceThread, api: ApiClient, channel: BlockingChannel
+    api: ApiClient, endpoints: Endpoints, sdk: ResultWatcher
 ) -> None:
-    ep = api.register_endpoint()["endpoint_id"]
+    fake = endpoints(api.register_endpoint())
+    ep = fake.endpoint_id
     _, tid, tg = submit_one(api, ep)
     body = success(tid, ep)
     before = int(time.time())
-    publish_result(channel, ep, body)
+    fake.publish_result(body)
 
-    method, props, forwarded = get_one(channel, f"{service.settings.queue_prefix}{tg}")
+    method, props, forwarded = sdk.get_one(tg)
     assert forwarded == body
     assert method.exchange == ""
     assert props.delivery_mode == 2
@@ -276,14 +380,14 @@ def test_a_result_is_stored_and_forwarded_byte_for_byte(
 
 
 def test_a_failed_result_is_an_exception_over_rest(
-    service: ServiceThread, api: ApiClient, channel: BlockingChannel
+    api: ApiClient, endpoints: Endpoints, sdk: ResultWatcher
 ) -> None:
-    ep = api.register_endpoint()["endpoint_id"]
-    _, tid, tg = submit_one(api, ep)
+    fake = endpoints(api.register_endpoint())
+    _, tid, tg = submit_one(api, fake.endpoint_id)
     err = {"code": "RemoteExecutionError", "user_message": "An error occurred"}
     failure = Result(task_id=tid, data="Traceback: boom", error_details=err)
-    publish_result(channel, ep, pack(failure))
-    get_one(channel, f"{service.settings.queue_prefix}{tg}")
+    fake.publish_result(pack(failure))
+    sdk.get_one(tg)
     doc = api.get(f"/v2/tasks/{tid}").json()
     assert doc["status"] == "failed"
     assert doc["exception"] == "Traceback: boom"
@@ -299,47 +403,50 @@ def test_pending_tasks_look_pending(api: ApiClient) -> None:
 
 
 def test_a_duplicate_result_is_not_forwarded_twice(
-    service: ServiceThread, api: ApiClient, channel: BlockingChannel
+    api: ApiClient, endpoints: Endpoints, sdk: ResultWatcher, channel: BlockingChannel
 ) -> None:
-    ep = api.register_endpoint()["endpoint_id"]
+    fake = endpoints(api.register_endpoint())
+    ep = fake.endpoint_id
     fid = api.register_function(CODE)
     reply = api.submit(ep, {fid: [PAYLOAD, PAYLOAD]}).json()
     first, sentinel = reply["tasks"][fid]
-    queue = f"{service.settings.queue_prefix}{reply['task_group_id']}"
-    publish_result(channel, ep, success(first, ep, "11\n1"))
-    assert get_one(channel, queue)[2] == success(first, ep, "11\n1")
-    publish_result(channel, ep, success(first, ep, "11\n2"))
+    tg = reply["task_group_id"]
+    fake.publish_result(success(first, ep, "11\n1"))
+    assert sdk.get_one(tg)[2] == success(first, ep, "11\n1")
+    fake.publish_result(success(first, ep, "11\n2"))
     # Results are handled in order: once the sentinel is through, the duplicate was handled.
-    publish_result(channel, ep, success(sentinel, ep))
-    assert unpack_as(get_one(channel, queue)[2], Result).task_id == sentinel
-    assert queue_depth(channel, queue) == 0
+    fake.publish_result(success(sentinel, ep))
+    assert unpack_as(sdk.get_one(tg)[2], Result).task_id == sentinel
+    assert queue_depth(channel, sdk.queue(tg)) == 0
     assert api.get(f"/v2/tasks/{first}").json()["result"] == "11\n1"
 
 
 def test_malformed_and_unknown_results_are_dropped_not_requeued(
-    service: ServiceThread, api: ApiClient, channel: BlockingChannel
+    api: ApiClient, endpoints: Endpoints, sdk: ResultWatcher, channel: BlockingChannel
 ) -> None:
-    ep = api.register_endpoint()["endpoint_id"]
+    fake = endpoints(api.register_endpoint())
+    ep = fake.endpoint_id
     _, tid, tg = submit_one(api, ep)
-    publish_result(channel, ep, b"not messagepack")
-    publish_result(channel, ep, pack(EPStatusReport(endpoint_id=ep)))
-    publish_result(channel, ep, success(str(uuid.uuid4()), ep))
-    publish_result(channel, ep, success(tid, ep))
-    assert unpack_as(get_one(channel, f"{service.settings.queue_prefix}{tg}")[2], Result)
+    fake.publish_result(b"not messagepack")
+    fake.publish_result(pack(EPStatusReport(endpoint_id=ep)))
+    fake.publish_result(success(str(uuid.uuid4()), ep))
+    fake.publish_result(success(tid, ep))
+    assert unpack_as(sdk.get_one(tg)[2], Result)
     wait_for(lambda: queue_depth(channel, "results") == 0)
     time.sleep(0.3)
     assert queue_depth(channel, "results") == 0
 
 
 def test_many_results_flow_through_in_batches(
-    service: ServiceThread, api: ApiClient, channel: BlockingChannel
+    api: ApiClient, endpoints: Endpoints, sdk: ResultWatcher, channel: BlockingChannel
 ) -> None:
-    ep = api.register_endpoint()["endpoint_id"]
+    fake = endpoints(api.register_endpoint())
+    ep = fake.endpoint_id
     fid = api.register_function(CODE)
     reply = api.submit(ep, {fid: [PAYLOAD] * 1000}).json()
     for tid in reply["tasks"][fid]:
-        publish_result(channel, ep, success(tid, ep))
-    queue = f"{service.settings.queue_prefix}{reply['task_group_id']}"
+        fake.publish_result(success(tid, ep))
+    queue = sdk.queue(reply["task_group_id"])
     wait_for(lambda: queue_depth(channel, queue) == 1000, timeout=30)
     statuses = api.post("/v2/batch_status", json={"task_ids": reply["tasks"][fid]}).json()
     assert {r["status"] for r in statuses["results"].values()} == {"success"}
@@ -354,44 +461,46 @@ def _status(api: ApiClient, endpoint_id: str) -> dict[str, Any]:
 
 
 def test_heartbeats_make_an_endpoint_online_and_its_last_words_offline(
-    api: ApiClient, channel: BlockingChannel
+    api: ApiClient, endpoints: Endpoints
 ) -> None:
-    ep = api.register_endpoint()["endpoint_id"]
+    fake = endpoints(api.register_endpoint())
+    ep = fake.endpoint_id
     assert _status(api, ep)["status"] == "offline"
-    publish_heartbeat(channel, ep, {"heartbeat_period": 10, "active": True})
+    fake.publish_heartbeat({"heartbeat_period": 10, "active": True})
     wait_for(lambda: _status(api, ep)["status"] == "online")
     assert _status(api, ep)["details"]["heartbeat_period"] == 10
-    publish_heartbeat(channel, ep, {"heartbeat_period": 10, "active": False})
+    fake.publish_heartbeat({"heartbeat_period": 10, "active": False})
     wait_for(lambda: _status(api, ep)["status"] == "offline")
-    publish_heartbeat(channel, ep, {"heartbeat_period": 10})
+    fake.publish_heartbeat({"heartbeat_period": 10})
     wait_for(lambda: _status(api, ep)["status"] == "online")
     # A core endpoint's shutdown heartbeat.
-    publish_heartbeat(channel, ep, {"heartbeat_period": 0})
+    fake.publish_heartbeat({"heartbeat_period": 0})
     wait_for(lambda: _status(api, ep)["status"] == "offline")
 
 
 def test_an_endpoint_goes_offline_after_three_missed_periods(
-    api: ApiClient, channel: BlockingChannel
+    api: ApiClient, endpoints: Endpoints
 ) -> None:
-    ep = api.register_endpoint()["endpoint_id"]
-    publish_heartbeat(channel, ep, {"heartbeat_period": 0.2})
+    fake = endpoints(api.register_endpoint())
+    ep = fake.endpoint_id
+    fake.publish_heartbeat({"heartbeat_period": 0.2})
     wait_for(lambda: _status(api, ep)["status"] == "online")
     time.sleep(0.7)
     assert _status(api, ep)["status"] == "offline"
 
 
 def test_a_start_failure_heartbeat_fails_the_waiting_tasks(
-    service: ServiceThread, api: ApiClient, channel: BlockingChannel
+    api: ApiClient, endpoints: Endpoints, sdk: ResultWatcher, channel: BlockingChannel
 ) -> None:
-    mgr = str(uuid.uuid4())
-    api.put(f"/v3/endpoints/{mgr}", json={"endpoint_name": "m"})
-    _, tid, tg = submit_one(api, mgr)
-    uep = json.loads(get_one(channel, f"{mgr}.commands")[2])["kwargs"]["amqp_creds"]["endpoint_id"]
+    manager = endpoints(register_manager(api))
+    _, tid, tg = submit_one(api, manager.endpoint_id)
+    # The manager reports the failure with the credentials of the user endpoint it could not
+    # start, exactly as the official manager's failure notice does (no properties at all).
+    uep = endpoints(manager.get_command()["kwargs"]["amqp_creds"])
     error = "Ignoring start request for untrusted identity."
-    # Exactly what the official manager's failure notice sends (no properties at all).
-    publish_heartbeat(channel, uep, {"error": error, "heartbeat_period": 3})
+    uep.publish_heartbeat({"error": error, "heartbeat_period": 3}, bare=True)
 
-    _, _, body = get_one(channel, f"{service.settings.queue_prefix}{tg}")
+    _, _, body = sdk.get_one(tg)
     result = unpack_as(body, Result)
     assert result.task_id == tid
     assert result.error_details is not None
@@ -400,20 +509,31 @@ def test_a_start_failure_heartbeat_fails_the_waiting_tasks(
     doc = api.get(f"/v2/tasks/{tid}").json()
     assert doc["status"] == "failed"
     assert error in doc["exception"]
-    assert _status(api, uep)["status"] == "offline"
+    assert _status(api, uep.endpoint_id)["status"] == "offline"
     # A late real result for the failed task is not forwarded a second time.
-    publish_result(channel, uep, success(tid, uep))
+    uep.publish_result(success(tid, uep.endpoint_id))
     time.sleep(0.5)
-    assert queue_depth(channel, f"{service.settings.queue_prefix}{tg}") == 0
+    assert queue_depth(channel, sdk.queue(tg)) == 0
 
 
 def test_a_live_manager_heartbeat_restarts_an_offline_user_endpoint_with_waiting_tasks(
-    api: ApiClient, channel: BlockingChannel
+    api: ApiClient, endpoints: Endpoints
 ) -> None:
-    mgr = str(uuid.uuid4())
-    api.put(f"/v3/endpoints/{mgr}", json={"endpoint_name": "m"})
-    submit_one(api, mgr)
-    first = json.loads(get_one(channel, f"{mgr}.commands")[2])
-    publish_heartbeat(channel, mgr, {"heartbeat_period": 10})
-    again = json.loads(get_one(channel, f"{mgr}.commands")[2])
-    assert again["kwargs"]["amqp_creds"] == first["kwargs"]["amqp_creds"]
+    manager = endpoints(register_manager(api))
+    _, tid, _ = submit_one(api, manager.endpoint_id)
+    first = manager.get_command()["kwargs"]["amqp_creds"]
+    manager.publish_heartbeat({"heartbeat_period": 10})
+    again = manager.get_command()["kwargs"]["amqp_creds"]
+    # The same user endpoint, the same queues, the same account; a new password, since this
+    # command starts it anew.
+    assert again["endpoint_id"] == first["endpoint_id"]
+    blocks = ("task_queue_info", "result_queue_info", "heartbeat_queue_info")
+    for block in blocks:
+        assert {**again[block], "connection_url": None} == {**first[block], "connection_url": None}
+    old, new = (urlsplit(c["task_queue_info"]["connection_url"]) for c in (first, again))
+    assert new.username == old.username == f"ep.{first['endpoint_id']}"
+    assert new.password != old.password
+    assert (new.hostname, new.port, new.path) == (old.hostname, old.port, old.path)
+    # The revived user endpoint, with what the new command gave it, finds the waiting task.
+    _, props, _ = endpoints(again).get_task()
+    assert props.headers["task_uuid"] == tid

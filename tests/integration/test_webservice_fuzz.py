@@ -37,7 +37,9 @@ def service(
 ) -> Iterator[ServiceThread]:
     db = tmp_path_factory.mktemp("ws-fuzz") / "ws.db"
     prefix = f"tg.{uuid.uuid4().hex[:8]}."
-    settings_ = Settings(amqp_url=rabbit.url, db_path=str(db), queue_prefix=prefix)
+    settings_ = Settings(
+        amqp_url=rabbit.url, broker_admin_url=rabbit.admin_url, db_path=str(db), queue_prefix=prefix
+    )
     with ServiceThread(settings_) as svc:
         yield svc
 

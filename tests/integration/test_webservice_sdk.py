@@ -3,8 +3,10 @@
 The SDK's `local` environment is fixed at http://localhost:5000, so this is the one
 web-service test that serves on port 5000. When 5000 is taken (the e2e suite's session stack
 holds it for the whole run), the service gets a free port and the driver script points the
-SDK's URL lookup there instead. A fake endpoint (pika, in a thread) answers each task with the
-JSON-serialized value 42.
+SDK's URL lookup there instead. A fake endpoint (pika, in a thread, with the broker account and
+queue names its registration handed out) answers each task with the JSON-serialized value 42;
+the SDK reads its results with the account the service hands it, which may read nothing but
+its own result queues.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import pika
 import pytest
@@ -57,33 +61,49 @@ print(json.dumps({"fid": fid, "task_id": fut.task_id, "value": value,
 @pytest.fixture
 def sdk_service(rabbit: PrivateRabbit, tmp_path: Path) -> Iterator[ServiceThread]:
     port = SDK_PORT if port_is_free(SDK_PORT) else free_port()
-    settings = Settings(amqp_url=rabbit.url, db_path=str(tmp_path / "ws.db"))
+    settings = Settings(
+        amqp_url=rabbit.url, broker_admin_url=rabbit.admin_url, db_path=str(tmp_path / "ws.db")
+    )
     with ServiceThread(settings, host="localhost", port=port) as svc:
         yield svc
 
 
-def _fake_endpoint(url: str, endpoint_id: str, stop: threading.Event, seen: list[Task]) -> None:
-    conn = pika.BlockingConnection(pika.URLParameters(url))
+def _fake_endpoint(reg: dict[str, Any], stop: threading.Event, seen: list[Task]) -> None:
+    """Plays the endpoint with exactly what its registration handed out: its own broker
+    account, its own tasks queue, and its own results routing key."""
+    tasks = reg["task_queue_info"]
+    publish = reg["result_queue_info"]["queue_publish_kwargs"]
+    conn = pika.BlockingConnection(pika.URLParameters(tasks["connection_url"]))
     ch = conn.channel()
+    ch.confirm_delivery()
     while not stop.is_set():
-        method, props, body = ch.basic_get(f"{endpoint_id}.tasks", auto_ack=True)
+        method, props, body = ch.basic_get(tasks["queue"], auto_ack=True)
         if method is None:
             conn.sleep(0.05)
             continue
         seen.append(unpack_as(body, Task))
         result = Result(task_id=props.headers["task_uuid"], data="11\n42")
-        ch.basic_publish("results", f"{endpoint_id}.results", pack(result))
+        ch.basic_publish(
+            publish["exchange"],
+            publish["routing_key"],
+            pack(result),
+            pika.BasicProperties(**publish["properties"]),
+            mandatory=publish["mandatory"],
+        )
     conn.close()
 
 
 def test_official_sdk_registers_submits_and_gets_results(
-    sdk_service: ServiceThread, rabbit: PrivateRabbit, tmp_path: Path, peer_python: Path
+    sdk_service: ServiceThread, tmp_path: Path, peer_python: Path
 ) -> None:
     cid, secret = sdk_service.create_client("sdk-user")
     api = ApiClient(sdk_service.url, cid, fetch_token(sdk_service.url, cid, secret))
-    ep = api.register_endpoint()["endpoint_id"]
+    reg = api.register_endpoint()
+    ep = reg["endpoint_id"]
+    # The endpoint's own account, never the service's (an administrator).
+    assert urlsplit(reg["task_queue_info"]["connection_url"]).username == f"ep.{ep}"
     stop, seen = threading.Event(), list[Task]()
-    fake = threading.Thread(target=_fake_endpoint, args=(rabbit.url, ep, stop, seen))
+    fake = threading.Thread(target=_fake_endpoint, args=(reg, stop, seen))
     fake.start()
     env = {
         "PATH": os.environ.get("PATH", ""),

@@ -28,17 +28,19 @@ class PrincipalStore:
             return key
 
     def generation(self, name: str) -> int | None:
+        """The current generation of a live account (None: never made, or revoked)."""
         row = self._db.conn.execute(
-            "SELECT generation FROM broker_principals WHERE name=?", (name,)
+            "SELECT generation FROM broker_principals WHERE name=? AND revoked=0", (name,)
         ).fetchone()
         return None if row is None else int(row["generation"])
 
     def bump(self, name: str) -> int:
-        """The next generation of `name` (1 for a new account)."""
+        """The next generation of `name` (1 for a new account; a revoked one comes back with
+        a generation it never had, so no password it ever had works again)."""
         with self._db.tx() as c:
             c.execute(
                 "INSERT INTO broker_principals (name, generation) VALUES (?, 1)"
-                " ON CONFLICT (name) DO UPDATE SET generation=generation+1",
+                " ON CONFLICT (name) DO UPDATE SET generation=generation+1, revoked=0",
                 (name,),
             )
             row = c.execute(
@@ -52,9 +54,14 @@ class PrincipalStore:
             c.execute("UPDATE broker_principals SET generation=generation+1 WHERE name=?", (name,))
 
     def all(self) -> dict[str, int]:
-        rows = self._db.conn.execute("SELECT name, generation FROM broker_principals").fetchall()
+        """Every live account and its generation."""
+        rows = self._db.conn.execute(
+            "SELECT name, generation FROM broker_principals WHERE revoked=0"
+        ).fetchall()
         return {str(r["name"]): int(r["generation"]) for r in rows}
 
-    def forget(self, names: list[str]) -> None:
+    def revoke(self, names: list[str]) -> None:
         with self._db.tx() as c:
-            c.executemany("DELETE FROM broker_principals WHERE name=?", [(n,) for n in names])
+            c.executemany(
+                "UPDATE broker_principals SET revoked=1 WHERE name=?", [(n,) for n in names]
+            )
