@@ -28,7 +28,6 @@ from endpoint.protocol.messages import Result, unpack_as
 from endpoint.protocol.serialize import deserialize, pack_buffers, serialize
 from tests.fault.proxy import BrokerProxy
 from webservice.broker import free_port
-from webservice.settings import DEFAULT_QUEUE_PREFIX
 
 # Tasks are defined in a `__main__` namespace so dill ships them by value: the workers cannot
 # import this test module (they run with `python -P`).
@@ -153,6 +152,7 @@ class FaultStack(Stack):
             )
         )
         self._token = ""
+        self._prefix = ""
         self._functions: dict[str, str] = {}
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
@@ -202,13 +202,21 @@ class FaultStack(Stack):
         reply = self.api("POST", f"/v3/endpoints/{endpoint_id}/submit", body)
         return list(reply["tasks"][fid]), str(reply["task_group_id"])
 
+    def queue_prefix(self) -> str:
+        """This client's result-queue prefix: the service's plus a token only it knows."""
+        if not self._prefix:
+            self._prefix = str(
+                self.api("GET", "/v2/get_amqp_result_connection_url")["queue_prefix"]
+            )
+        return self._prefix
+
     def collect(self, group: str, expected: int, timeout: float) -> list[Result]:
         """Drain the task group's result queue until `expected` results or the timeout.
 
         After the expected count arrives it keeps listening a little longer, so a late
         duplicate is still seen.
         """
-        queue = f"{DEFAULT_QUEUE_PREFIX}{group}"
+        queue = f"{self.queue_prefix()}{group}"
         results: list[Result] = []
         deadline = time.monotonic() + timeout
         grace_until: float | None = None

@@ -14,6 +14,7 @@ from webservice.commands import (
     uep_name,
 )
 from webservice.store.endpoints import UserEndpoint
+from webservice.topology import Names
 
 MGR = "ac2cdb86-acf6-4c9e-9a6e-af5fa27eea9d"
 ALICE = "11111111-2222-3333-4444-555555555555"
@@ -41,7 +42,9 @@ def test_uep_name_is_short_ids_of_manager_and_uep() -> None:
 def test_start_command_matches_the_wire_capture_shape() -> None:
     uid = uep_id(MGR, ALICE, None)
     uep = UserEndpoint(uid, MGR, ALICE, uep_name(MGR, uid), {}, {"python_version": "3.11"})
-    cmd = json.loads(encode_command(start_command(uep, "alice@example.org", "amqp://u:p@h/%2F")))
+    names = Names(b"k" * 32, "tg.")
+    url = "amqp://ep.x:p@h/%2F"
+    cmd = json.loads(encode_command(start_command(uep, "alice@example.org", names, url)))
     assert cmd["command"] == "cmd_start_endpoint"
     assert cmd["args"] == []
     assert cmd["globus_effective_identity"] == ALICE
@@ -59,7 +62,9 @@ def test_start_command_matches_the_wire_capture_shape() -> None:
         "heartbeat_queue_info",
     }
     assert creds["endpoint_id"] == uid
-    assert creds["task_queue_info"]["queue"] == f"{uid}.tasks"
+    assert creds["task_queue_info"]["queue"] == names.tasks_queue(uid)
+    assert creds["task_queue_info"]["queue"].startswith(f"{uid}.tasks.")
+    assert {creds[k]["connection_url"] for k in set(creds) - {"endpoint_id"}} == {url}
     assert creds["result_queue_info"]["queue_publish_kwargs"]["routing_key"] == f"{uid}.results"
 
 
