@@ -361,8 +361,23 @@ class AmqpSession:
         self._events.on_consumer(self, self._generation, True, "")
 
     def _on_open_error(self, conn: pika.BaseConnection, err: BaseException) -> None:
-        # Some of pika's connection errors stringify to "": the class name still says what.
-        log.warning("%s: cannot connect to the broker: %s", self.name, str(err) or repr(err))
+        refused = (
+            pika.exceptions.ProbableAuthenticationError,
+            pika.exceptions.ProbableAccessDeniedError,
+        )
+        if isinstance(err, refused):
+            # The service rotates an account at every registration and start, and deletes it
+            # with its endpoint: say which, not just "cannot connect".
+            log.error(
+                "%s: the broker refused this endpoint's account: it was replaced (the endpoint "
+                "was registered again, perhaps elsewhere) or revoked (deleted). A user endpoint "
+                "gets fresh credentials from its manager; restart a single-user endpoint to "
+                "register again",
+                self.name,
+            )
+        else:
+            # Some of pika's connection errors stringify to "": the class name still says what.
+            log.warning("%s: cannot connect to the broker: %s", self.name, str(err) or repr(err))
         conn.ioloop.stop()
 
     def _on_closed(self, conn: pika.BaseConnection, reason: BaseException) -> None:

@@ -5,7 +5,9 @@ proxy-drop case once lost every later result to a pika ValueError raised out of 
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pika
 import pytest
@@ -74,5 +76,30 @@ def test_a_failure_escaping_pikas_loop_is_a_reconnect(
         assert reconnected, "the session never connected after the failed loop"
         assert events.connected[0] >= 2  # the first connection was the one that failed
         assert "the connection failed inside pika" in caplog.text
+    finally:
+        session.stop()
+
+
+def test_a_refused_account_says_it_was_replaced_or_revoked_then_uses_fresh_credentials(
+    amqp_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The service rotates an endpoint's broker account at every registration or start and
+    deletes it with the endpoint; the log says so, and credentials a manager hands over (the
+    session's `url`) are used at the next attempt."""
+    parts = urlsplit(amqp_url)
+    stale = urlunsplit(parts._replace(netloc=f"ep.gone:old@{parts.hostname}:{parts.port}"))
+    events = Events()
+    session = AmqpSession(stale, events, name="amqp-refused")
+    session.start()
+    try:
+        deadline = time.monotonic() + CONNECTED_WITHIN_S
+        while "refused this endpoint's account" not in caplog.text:
+            assert time.monotonic() < deadline, caplog.text[-2000:]
+            time.sleep(0.05)
+        assert events.connected == []
+        session.url = amqp_url  # what a manager's credential refresh does
+        with events.cond:
+            connected = events.cond.wait_for(lambda: events.connected, CONNECTED_WITHIN_S)
+        assert connected, "the session did not use the fresh credentials"
     finally:
         session.stop()
