@@ -44,7 +44,7 @@ test-e2e: dev peers
 
 SHELL_SCRIPTS := entrypoint appliance/bin/rabbitmq-run appliance/bin/run-endpoint \
 	appliance/bin/run-webservice appliance/broker/rabbitmq-diagnostics .ci/run \
-	tools/install-prereqs tools/dockerd-up tools/base-image
+	tools/install-prereqs tools/dockerd-up tools/base-image tools/slurm-up tools/slurm-down
 
 # Python the linters and the formatter check (ruff's rules, C901's complexity bound included,
 # live in pyproject.toml).
@@ -161,3 +161,17 @@ bench-startup: dev
 .PHONY: bench-routing
 bench-routing: dev dockerd
 	$(BIN)/python bench/routing_bench.py
+
+# ---- HPC: a real Slurm on this machine (issue 14; ../shared/hpc.md) ---------------------------
+.PHONY: slurm-up slurm-down test-hpc
+## slurm-up: Debian's Slurm as plain daemons: munged, slurmctld, nodes c1 and c2 on 127.0.0.1 (idempotent)
+slurm-up:
+	tools/slurm-up
+
+## slurm-down: stop the slurmd nodes, slurmctld and munged that slurm-up started
+slurm-down:
+	tools/slurm-down
+
+## test-hpc: the official SDK -> our service -> our endpoint with SlurmProvider, tasks in real Slurm jobs
+test-hpc: dev peers slurm-up
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -q -ra tests/hpc
