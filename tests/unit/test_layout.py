@@ -155,3 +155,27 @@ def test_the_dev_harness_is_not_in_the_product() -> None:
     for module, path in MODULES.items():
         assert "devstack" not in path.read_text(), f"{module} mentions devstack"
     assert not (ROOT / "webservice" / "stack.py").exists()
+
+
+def _imported_roots(path: Path) -> set[str]:
+    """The top-level package of every import statement in `path`."""
+    roots = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            roots.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+def test_the_product_never_imports_the_official_packages() -> None:
+    """The official SDK is installed beside us as a library for users' functions (their
+    ShellFunction and MPIFunction unpickle on the workers); our own code never uses it."""
+    official = {"globus_compute_sdk", "globus_compute_endpoint", "globus_compute_common"}
+    offenders = {
+        str(path.relative_to(ROOT)): sorted(found)
+        for top in ("endpoint", "webservice")
+        for path in (ROOT / top).rglob("*.py")
+        if (found := _imported_roots(path) & official)
+    }
+    assert offenders == {}
