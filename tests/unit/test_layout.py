@@ -159,7 +159,7 @@ def test_the_dev_harness_is_not_in_the_product() -> None:
 
 def _imported_roots(path: Path) -> set[str]:
     """The top-level package of every import statement in `path`."""
-    roots = set()
+    roots: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             roots.update(alias.name.split(".")[0] for alias in node.names)
