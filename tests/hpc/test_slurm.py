@@ -42,6 +42,7 @@ def config(
     max_blocks: int = 2,
     nodes_per_block: int = 1,
     launcher: str | None = None,
+    worker_init: str = "",
 ) -> str:
     """An endpoint config as a user writes it for this cluster (hpc.md's pitfalls avoided:
     exclusive false, address 127.0.0.1, a short strategy period)."""
@@ -65,7 +66,9 @@ def config(
         f"    max_blocks: {max_blocks}\n"
         f"    nodes_per_block: {nodes_per_block}\n"
         '    walltime: "00:10:00"\n'
-        "    cmd_timeout: 60\n" + launcher_yaml
+        "    cmd_timeout: 60\n"
+        + (f"    worker_init: {json.dumps(worker_init)}\n" if worker_init else "")
+        + launcher_yaml
     )
 
 
@@ -237,3 +240,35 @@ def test_stop_cancels_every_job_it_submitted(
     assert set(ended.values()) == {"CANCELLED"}, ended
     # The task's worker went with its job: nothing of ours runs on after stop.
     wait_for(f"the task's worker (pid {task['pid']}) to end", _pid_gone(int(task["pid"])))
+
+
+WHICH_ENV = """
+with Executor(endpoint_id=EP) as ex:
+    def which():
+        import os, sys
+        import only_here
+        return [only_here.WHERE, sys.prefix, os.environ.get("SLURMD_NODENAME", "")]
+    print(json.dumps([f.result(timeout=240) for f in [ex.submit(which) for _ in range(4)]]))
+"""
+
+
+def test_worker_init_chooses_the_python_of_a_two_node_srun_block(
+    hpc: HpcStack, endpoint_factory: StartEndpoint, tmp_path: Path
+) -> None:
+    """SrunLauncher writes the worker command through an unquoted heredoc: the command that
+    lets worker_init's environment choose the Python must survive it, on both nodes."""
+    from tests.integration.test_worker_init_env import user_env
+
+    env = user_env(tmp_path / "userenv", shares_endpoint_packages=True)
+    name = "slurm-env"
+    cfg = config(
+        name,
+        nodes_per_block=2,
+        max_blocks=1,
+        launcher="SrunLauncher",
+        worker_init=f"source {env}/bin/activate",
+    )
+    ep = endpoint_factory(name, cfg)
+    out = hpc.run_sdk(PRELUDE.format(ep=ep) + WHICH_ENV, name)
+    assert {(where, prefix) for where, prefix, _ in out} == {("the user environment", str(env))}
+    assert {node for _, _, node in out} <= set(NODES)

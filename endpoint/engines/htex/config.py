@@ -12,6 +12,7 @@ Parsl is imported inside the functions, so importing this module stays cheap.
 
 from __future__ import annotations
 
+import importlib.metadata
 import shlex
 import sys
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 from endpoint.errors import ConfigError
 
 _WORKER_MODULE = "parsl.executors.high_throughput.process_worker_pool"
+_LAUNCH_MODULE = "endpoint.worker.launch"
 _INTERCHANGE_MODULE = "parsl.executors.high_throughput.interchange"
 
 
@@ -72,17 +74,33 @@ def make_executor(executor_cls: type, **kwargs: Any) -> Any:
         raise ConfigError(f"invalid {name} option: {e}") from e
 
 
-def worker_launch_cmd(parsl_default: str) -> str:
-    """Parsl's worker command with ``process_worker_pool.py`` replaced by this Python.
+def worker_launch_cmd(parsl_default: str, worker_init: str = "") -> str:
+    """Parsl's worker command, run by this endpoint's Python or by the environment that
+    ``worker_init`` sets up.
 
-    Workers then start without anything on PATH: the interpreter that runs the endpoint
-    runs them (providers run the command after ``worker_init``, in the same environment on
-    a LocalProvider, and wherever the same path is valid on a cluster). Parsl's ``{...}``
-    placeholders are kept for it to fill in, so braces in the path are escaped.
+    Without ``worker_init``, workers start without anything on PATH: the interpreter that runs
+    the endpoint runs them (providers run the command in the same environment on a
+    LocalProvider, and wherever the same path is valid on a cluster). With it, this Python
+    starts `endpoint.worker.launch`, which lets the environment ``worker_init`` left win, as
+    with the official endpoint (see there). The command has no shell variables: launchers
+    such as SrunLauncher write it through an unquoted heredoc, which would expand them.
+    Parsl's ``{...}`` placeholders are kept for it to fill in, so braces in paths are escaped.
     """
     _, _, arguments = parsl_default.partition(" ")
-    python = shlex.quote(sys.executable).replace("{", "{{").replace("}", "}}")
-    return f"{python} -m {_WORKER_MODULE} {arguments}"
+    own = shlex.quote(sys.executable).replace("{", "{{").replace("}", "}}")
+    if not worker_init.strip():
+        return f"{own} -m {_WORKER_MODULE} {arguments}"
+    versions = " ".join(shlex.quote(v) for v in expected_versions())
+    return f"{own} -m {_LAUNCH_MODULE} {versions} {arguments}"
+
+
+def expected_versions() -> tuple[str, str, str]:
+    """What a worker's environment must match: Python minor, Parsl, dill."""
+    return (
+        f"{sys.version_info.major}.{sys.version_info.minor}",
+        importlib.metadata.version("parsl"),
+        importlib.metadata.version("dill"),
+    )
 
 
 def container_worker_launch_cmd(parsl_default: str, python: str = "python3") -> str:

@@ -158,7 +158,8 @@ class GlobusComputeEngine(WatcherMixin, TaskEngine):
             # Wrapped in start(), which knows the directory to mount.
             self._containers = ContainerWorkers(self.container, inner)
         elif "launch_cmd" not in kwargs:
-            executor.launch_cmd = htex_config.worker_launch_cmd(executor.launch_cmd)
+            worker_init = str(getattr(built_provider, "worker_init", "") or "")
+            executor.launch_cmd = htex_config.worker_launch_cmd(executor.launch_cmd, worker_init)
         if "interchange_launch_cmd" not in kwargs:
             executor.interchange_launch_cmd = htex_config.interchange_launch_cmd()
         return executor
