@@ -93,6 +93,8 @@ class EndpointRuntime(EventLoop):
         self.engine_factory = engine_factory
         self._engine_generation = 0
         self._engine_restarts: list[float] = []
+        # Set while the engine restart budget is spent (heartbeats, status.json, health).
+        self._breaker: dict[str, Any] | None = None
         self.queues = queues
         self.heartbeat_period = settings.heartbeat_period
         self.pid_lock = pid_lock
@@ -196,7 +198,11 @@ class EndpointRuntime(EventLoop):
         now = time.monotonic()
         self._engine_restarts = [t for t in self._engine_restarts if now - t < RESTART_WINDOW_S]
         if len(self._engine_restarts) >= MAX_ENGINE_RESTARTS:
-            return  # the broken engine answers every task with its reason, fast
+            # The breaker is open: no new engine (so no new batch jobs) until the window
+            # passes; the broken engine answers every task with its reason, fast.
+            self._open_breaker(failure.reason, self._engine_restarts[0] + RESTART_WINDOW_S - now)
+            return
+        self._breaker = None
         self._engine_restarts.append(now)
         log.error("engine failed (%s); starting a new one", failure.reason)
         old, self._engine_generation = self.engine, self._engine_generation + 1
@@ -210,6 +216,24 @@ class EndpointRuntime(EventLoop):
         message = f"the engine failed: {failure.reason}"
         lost = [(t, error_result(t, failure.code, message, self.endpoint_id)) for t in running]
         self._execute(self.ix.on_results(lost))
+
+    def _open_breaker(self, reason: str, retry_in_s: float) -> None:
+        if self._breaker is None:
+            log.error(
+                "engine failed %d times in %.0f s; no new engine (and no new batch jobs) for "
+                "%.0f s, or until `restart`: %s",
+                MAX_ENGINE_RESTARTS,
+                RESTART_WINDOW_S,
+                retry_in_s,
+                reason,
+            )
+            self._breaker = {
+                "state": "open",
+                "failures": MAX_ENGINE_RESTARTS + 1,
+                "reason": reason[-4000:],
+                "retry_after_unix": time.time() + retry_in_s,
+            }
+            self._write_status()
 
     # ---- lifecycle ------------------------------------------------------------------------
     def run(self) -> None:
@@ -358,6 +382,8 @@ class EndpointRuntime(EventLoop):
         state.update(self.ix.status())
         state.update(self._ep_info())
         state.update(heartbeat_period=self.heartbeat_period, active=active)
+        if self._breaker is not None:
+            state["engine_breaker"] = self._breaker
         report = EPStatusReport(endpoint_id=self.endpoint_id, global_state=state)
         key = f"heartbeat:{time.monotonic_ns()}"
         if not active:
@@ -402,6 +428,7 @@ class EndpointRuntime(EventLoop):
             "heartbeat_period": self.heartbeat_period,
             "engine": self._engine_status() if engine_status is None else engine_status,
             "interchange": self.ix.status(),
+            "engine_breaker": self._breaker,
             "updated_unix": time.time(),
         }
         try:

@@ -7,6 +7,7 @@ Real Parsl processes on loopback (LocalProvider); nothing is faked.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
 import time
@@ -435,6 +436,8 @@ def test_failing_blocks_fail_tasks_with_the_reason(fresh: Any) -> None:
         assert failure.error_details["code"] == "EngineFailure"
         assert "bad state" in failure.data and "EXIT CODE: 3" in failure.data
         assert "no python here" in failure.data
+        # Where to look: the block's job id and its submit script (Parsl names neither).
+        assert re.search(r"block 0: job \d+ \(submit script /\S+submit_scripts/", failure.data)
     late = submission(add, 1)
     engine.submit(late)
     (refused,) = results.wait(late.task_id)

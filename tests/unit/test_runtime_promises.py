@@ -572,6 +572,60 @@ def test_a_task_arriving_as_the_engine_breaks_runs_on_the_new_engine(make: Make)
     h.stop()
 
 
+def test_an_engine_that_keeps_failing_trips_the_breaker_and_no_new_engine_starts(
+    make: Make,
+) -> None:
+    """Issue 14: a config whose blocks never start (a bad worker_init, partition, account)
+    must not make the endpoint submit new batch jobs forever. After the restart budget, no
+    new engine (hence no new block) starts; heartbeats, status.json and health say why."""
+    h = make(replaceable=True)
+    h.start()
+
+    def handed(tid: str) -> ManualEngine:
+        # A broken engine is replaced when the next task comes: whichever engine got it.
+        return h.broker.wait_for(
+            lambda: next((e for e in h.engines if tid in e.submitted), None), f"{tid} handed"
+        )
+
+    for n in range(1, adapter.MAX_ENGINE_RESTARTS + 2):
+        tid = h.send(square, n)
+        engine = handed(tid)
+        assert engine is h.engines[-1] and len(h.engines) == n
+        engine.finish(tid, None)
+        engine.failed = Failure(CODE_ENGINE_FAILURE, f"block of engine {n} died: bad worker_init")
+    # The last engine's failure is seen with the next task: the budget is spent.
+    ids = [h.send(square, 0)]
+    handed(ids[0])
+    assert len(h.engines) == adapter.MAX_ENGINE_RESTARTS + 1  # no new engine, no new block
+
+    def tripped() -> dict[str, Any] | None:
+        found = (read_status(h.rt.ep_dir) or {}).get("engine_breaker")
+        return found if isinstance(found, dict) else None
+
+    breaker = h.broker.wait_for(tripped, "the breaker in status.json")
+    assert breaker["state"] == "open" and "bad worker_init" in breaker["reason"]
+    verdict = judge(read_status(h.rt.ep_dir), alive=True)
+    assert not verdict.healthy and "keeps failing" in verdict.reason
+
+    def beat_with_breaker() -> bool:
+        for msg in h.broker.published(BEATS):
+            state = unpack_as(msg.body, EPStatusReport).global_state
+            if (state.get("engine_breaker") or {}).get("state") == "open":
+                return True
+        return False
+
+    h.broker.wait_for(beat_with_breaker, "a heartbeat that shows the open breaker")
+    ids.append(h.send(square, 5))
+    handed(ids[1])
+    assert len(h.engines) == adapter.MAX_ENGINE_RESTARTS + 1
+    h.engines[-1].finish_all()
+    for tid in ids:
+        h.result(tid)
+    h.results.settle_all()
+    h.wait_forgotten(*ids)
+    h.stop()
+
+
 # ---- refusals -------------------------------------------------------------------------------
 
 

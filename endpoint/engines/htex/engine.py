@@ -519,7 +519,8 @@ class GlobusComputeEngine(WatcherMixin, TaskEngine):
     def _bad_state_reason(self, exc: BaseException | None = None) -> str:
         cause = self.executor.executor_exception or exc
         detail = f"{type(cause).__name__}: {cause}".strip() if cause else "unknown reason"
-        return f"{self.label} cannot run tasks; Parsl's executor is in a bad state: {detail}"
+        reason = f"{self.label} cannot run tasks; Parsl's executor is in a bad state: {detail}"
+        return reason + block_files(self.executor)
 
     def _mark_broken(self, reason: str, code: str = CODE_ENGINE_FAILURE) -> str:
         with self._cond:
@@ -546,6 +547,35 @@ class GlobusComputeEngine(WatcherMixin, TaskEngine):
         with self._cond:
             self._outstanding -= len(doomed)
             self._cond.notify_all()
+
+
+def block_files(executor: Any) -> str:
+    """Where to look: each block's batch job id, submit script and output files.
+
+    Parsl's reasons name neither the job nor its files ("Check the stdout/stderr logs in the
+    submit_scripts directory"); a user of a failing cluster config needs both.
+    """
+    provider = getattr(executor, "provider", None)
+    resources = getattr(provider, "resources", None) or {}
+    script_dir = getattr(provider, "script_dir", None)
+    lines = []
+    for block_id, job_id in sorted((getattr(executor, "blocks_to_job_id", None) or {}).items()):
+        info = resources.get(job_id) or {}
+        stdout = info.get("job_stdout_path")
+        script = info.get("script_path") or (stdout and stdout.removesuffix(".stdout"))
+        files = ", ".join(
+            f"{what} {path}"
+            for what, path in (
+                ("submit script", script),
+                ("stdout", stdout),
+                ("stderr", info.get("job_stderr_path")),
+            )
+            if path
+        )
+        lines.append(f"  block {block_id}: job {job_id}" + (f" ({files})" if files else ""))
+    if not lines:
+        return f"\nSubmit scripts and job output: {script_dir}" if script_dir else ""
+    return "\nBlocks:\n" + "\n".join(lines)
 
 
 __all__ = ["GlobusComputeEngine"]
