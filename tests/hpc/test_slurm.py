@@ -272,3 +272,46 @@ def test_worker_init_chooses_the_python_of_a_two_node_srun_block(
     out = hpc.run_sdk(PRELUDE.format(ep=ep) + WHICH_ENV, name)
     assert {(where, prefix) for where, prefix, _ in out} == {("the user environment", str(env))}
     assert {node for _, _, node in out} <= set(NODES)
+
+
+FAIL_EACH = """
+from globus_compute_sdk.errors import TaskExecutionFailed
+out = []
+with Executor(endpoint_id=EP) as ex:
+    for _ in range({n}):
+        try:
+            out.append(["ok", ex.submit(where, 0).result(timeout=240)])
+        except TaskExecutionFailed as e:
+            out.append(["failed", str(e)])
+print(json.dumps(out))
+"""
+
+
+def submit_scripts(hpc: HpcStack, name: str) -> list[Path]:
+    """One per sbatch call: Parsl writes the script before it runs sbatch, failing or not."""
+    found = hpc.endpoint_dir(name).rglob("submit_scripts/parsl.*")
+    return [p for p in found if p.suffix not in (".stdout", ".stderr", ".sh")]
+
+
+def test_a_bad_partition_trips_the_breaker_and_no_more_jobs_are_submitted(
+    hpc: HpcStack, endpoint_factory: StartEndpoint
+) -> None:
+    name = "slurm-breaker"
+    cfg = config(name).replace(f"partition: {PARTITION}", "partition: nosuchpart")
+    endpoint_factory(name, cfg)
+    ep = json.loads((hpc.endpoint_dir(name) / "endpoint.json").read_text())["endpoint_id"]
+    # One task at a time: each finds the engine failed, until the restart budget is spent.
+    out = hpc.run_sdk(PRELUDE.format(ep=ep) + FAIL_EACH.format(n=6), name)
+    assert [kind for kind, _ in out] == ["failed"] * 6, out
+    assert all("invalid partition" in text.lower() for _, text in out), out
+    status = json.loads(hpc.compute_endpoint("status", name, "--format", "json").stdout)
+    assert (status.get("engine_breaker") or {}).get("state") == "open", status
+    health = hpc.compute_endpoint("health", name)
+    assert health.returncode == 1 and "keeps failing" in health.stdout + health.stderr
+    calls = len(submit_scripts(hpc, name))
+    assert calls > 0
+    # Tripped: more tasks fail fast with the reason, and not one more sbatch call is made.
+    more = hpc.run_sdk(PRELUDE.format(ep=ep) + FAIL_EACH.format(n=3), name)
+    assert [kind for kind, _ in more] == ["failed"] * 3, more
+    assert all("nosuchpart" in text for _, text in more), more
+    assert len(submit_scripts(hpc, name)) == calls
