@@ -87,8 +87,8 @@ def judge(
         return Health(False, "the broker cancelled the task queue consumer (queue deleted?)")
     breaker = doc.get("engine_breaker")
     if isinstance(breaker, dict) and breaker.get("state") == "open":
-        reason = str(breaker.get("reason", "")).splitlines()[0][:300]
-        return Health(False, f"the engine keeps failing; no new engine for now (or restart it): {reason}")
+        reason = (str(breaker.get("reason", "")).splitlines() or ["unknown"])[0][:300]
+        return Health(False, f"the engine keeps failing; no new engine for now: {reason}")
     last = doc.get("last_heartbeat_unix")
     if not isinstance(last, int | float):
         return Health(False, "no heartbeat published yet")
