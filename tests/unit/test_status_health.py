@@ -56,6 +56,12 @@ def test_a_live_connected_endpoint_with_a_fresh_heartbeat_is_healthy() -> None:
         ),
         (healthy_doc(last_heartbeat_unix=None), True, "no heartbeat"),
         (healthy_doc(last_heartbeat_unix=time.time() - 21), True, "limit 20s"),
+        (
+            healthy_doc(engine_breaker={"state": "open", "reason": "sbatch: bad partition\nmore"}),
+            True,
+            "keeps failing; no new engine for now: sbatch: bad partition",
+        ),
+        (healthy_doc(engine_breaker={"state": "open", "reason": ""}), True, "unknown"),
     ],
 )
 def test_unhealthy_verdicts_say_why(doc: dict[str, Any] | None, alive: bool, reason: str) -> None:
