@@ -244,7 +244,8 @@ class Dispatcher:
             [self._link.publish(exchange, queue, *messages[i], mandatory=True) for i in returned]
         )
         if again:
-            raise BrokerUnavailable(f"queue {queue} cannot be reached; nothing was sent")
+            # The routed ones were queued; the caller discards every task of the submit.
+            raise BrokerUnavailable(f"queue {queue} could not be declared again; submit again")
 
     async def _unroutable(self, futures: list[asyncio.Future[None]]) -> list[int]:
         """Wait for every confirm; the indices of the returned ones (other failures raise)."""
