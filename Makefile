@@ -138,6 +138,12 @@ sif:
 		{ echo "sif: apptainer (or singularity) is not installed" >&2; exit 1; }; \
 	$$tool build compute-endpoint.sif apptainer.def
 
+## worker-wheel: dist/compute_endpoint_worker-VERSION-py3-none-any.whl, all a worker_init environment needs
+.PHONY: worker-wheel
+worker-wheel: dev
+	$(BIN)/pip wheel -q --no-deps -w dist ./worker-package
+	@ls -l dist/compute_endpoint_worker-$(VERSION)-py3-none-any.whl
+
 ## test-appliance: images and compose under a real dockerd, functions run by the official SDK
 test-appliance: dev peers images broker-image
 	PATH=$(CURDIR)/$(BIN):$$PATH BROKER_IMAGE=$(BROKER_CI_IMAGE) \
@@ -161,6 +167,11 @@ bench-startup: dev
 .PHONY: bench-routing
 bench-routing: dev dockerd
 	$(BIN)/python bench/routing_bench.py
+
+## bench-hpc: on the Slurm of slurm-up, ours vs the official: first result, throughput, scale-out/in
+.PHONY: bench-hpc
+bench-hpc: dev peers slurm-up
+	PATH=$(CURDIR)/$(BIN):$$PATH PYTHONPATH=$(CURDIR) $(BIN)/python bench/hpc_bench.py --peer-python $(PEER_VENV)/bin/python
 
 # ---- HPC: a real Slurm on this machine (issue 14; ../shared/hpc.md) ---------------------------
 .PHONY: slurm-up slurm-down test-hpc

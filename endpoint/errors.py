@@ -102,6 +102,10 @@ class LifecycleError(EndpointError):
     """An endpoint directory, pid file or state transition problem."""
 
 
+class BlocksFailing(LifecycleError):
+    """Batch jobs keep ending before a worker connects: the block breaker tripped."""
+
+
 class AlreadyRunning(LifecycleError):
     """Another instance holds the endpoint lock."""
 

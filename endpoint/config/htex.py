@@ -45,10 +45,17 @@ SELF_CONTAINED_PROVIDERS = ("AWSProvider", "GoogleCloudProvider", "KubernetesPro
 
 #: Most tasks per Parsl message when the queue is deep (``task_batch_size``).
 DEFAULT_TASK_BATCH_SIZE = 64
+#: The one launcher GlobusMPIEngine's provider may have: a single worker pool per block,
+#: whose tasks spread their ranks over the block's nodes with srun or mpiexec.
+MPI_LAUNCHER = "SimpleLauncher"
+_MPI_LAUNCHER_WHY = (
+    "GlobusMPIEngine needs SimpleLauncher: it starts one worker pool per block, on its first"
+    " node, and each task's MPI launcher (mpi_launcher) places the ranks on the block's nodes"
+)
 #: GlobusMPIEngine's provider when the file names none.
 DEFAULT_MPI_PROVIDER: dict[str, Any] = {
     "type": "LocalProvider",
-    "launcher": {"type": "SimpleLauncher"},
+    "launcher": {"type": MPI_LAUNCHER},
 }
 
 STRATEGIES = ("simple", "none", "htex_auto_scale")
@@ -81,6 +88,25 @@ class JobStatusKwargs(BaseModel):
     max_idletime: float = Field(default=120.0, ge=0)
     strategy: Literal["simple", "none", "htex_auto_scale"] = "simple"
     strategy_period: float = Field(default=5.0, gt=0)
+    # Ours: how often the provider is asked about its jobs (squeue, qstat, ...); by default
+    # the provider's own period (Slurm 60 s). Not a JobStatusPoller keyword.
+    status_polling_interval: float | None = Field(default=None, gt=0)
+
+    def poller_kwargs(self) -> dict[str, Any]:
+        """The keywords of Parsl's JobStatusPoller."""
+        return self.model_dump(exclude={"status_polling_interval"})
+
+
+class BlockBreakerConfig(BaseModel):
+    """The block circuit breaker (`endpoint.engines.htex.breaker`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    #: Consecutive blocks that end before a worker connects; 0 turns the breaker off.
+    max_failures: int = Field(default=3, ge=0)
+    #: Seconds without new blocks once it trips; doubled at each trip in a row, up to
+    #: MAX_BACKOFF_S (or this, when larger).
+    backoff: float = Field(default=300.0, gt=0)
 
 
 @functools.cache
@@ -198,6 +224,7 @@ class ParslEngineConfig(ContainerSettings, EngineConfig):
 
     encrypted: bool = True  # CurveZMQ between interchange and workers
     job_status_kwargs: JobStatusKwargs = Field(default_factory=JobStatusKwargs)
+    block_breaker: BlockBreakerConfig = Field(default_factory=BlockBreakerConfig)
     # Deprecated; a usable value is moved into job_status_kwargs before validation, so one
     # that reaches the field is an error. Never dumped.
     strategy: Any = Field(default=None, exclude=True, repr=False)
@@ -360,6 +387,25 @@ class GlobusMPIEngineConfig(ParslEngineConfig):
     provider: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_MPI_PROVIDER))
     mpi_launcher: Literal["mpiexec", "srun", "aprun"] = "mpiexec"
     max_workers_per_block: int = Field(default=1, ge=1)
+
+    @field_validator("provider")
+    @classmethod
+    def _single_pool_launcher(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """MPIExecutor starts one worker pool per block, on its first node, and refuses any
+        launcher but SimpleLauncher when the engine is built; say so while checking, and fill
+        it in when the provider names none (the only one that works)."""
+        launcher = value.get("launcher")
+        if launcher is None:
+            if "launcher" not in parsl_types.options("provider", value["type"]):
+                fail_at(
+                    "type",
+                    f"{value['type']} takes no launcher; GlobusMPIEngine needs a provider"
+                    " with launcher: {type: SimpleLauncher}",
+                )
+            return {**value, "launcher": {"type": MPI_LAUNCHER}}
+        if launcher.get("type") != MPI_LAUNCHER:
+            fail([(("launcher", "type"), _MPI_LAUNCHER_WHY)])
+        return value
 
     @model_validator(mode="after")
     def _refuse_routing(self) -> GlobusMPIEngineConfig:

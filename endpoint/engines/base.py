@@ -75,6 +75,9 @@ class Failure:
 
     code: str
     reason: str
+    #: Seconds the runtime should wait before it replaces this engine (the block breaker's
+    #: back-off); None: replace it at once, within the runtime's restart budget.
+    retry_after_s: float | None = None
 
 
 class Engine(ABC):

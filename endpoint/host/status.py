@@ -88,6 +88,14 @@ def judge(
     breaker = doc.get("engine_breaker")
     if isinstance(breaker, dict) and breaker.get("state") == "open":
         reason = (str(breaker.get("reason", "")).splitlines() or ["unknown"])[0][:300]
+        if breaker.get("kind") == "blocks":
+            when = breaker.get("retry_after_unix")
+            until = (
+                time.strftime(" until %H:%M:%S", time.localtime(when))
+                if isinstance(when, int | float)
+                else ""
+            )
+            return Health(False, f"batch jobs keep failing; no new blocks{until}: {reason}")
         return Health(False, f"the engine keeps failing; no new engine for now: {reason}")
     last = doc.get("last_heartbeat_unix")
     if not isinstance(last, int | float):

@@ -22,7 +22,7 @@ from typing import Any
 from endpoint.amqp.pool import SessionFactory, SessionPool
 from endpoint.amqp.queues import EndpointQueues
 from endpoint.amqp.session import AmqpSession, Session
-from endpoint.engines.base import Engine
+from endpoint.engines.base import Engine, Failure
 from endpoint.host.loop import Connected, Disconnected, EventLoop, Every, Wake, run_timers
 from endpoint.host.pidlock import TOUCH_EVERY_S, PidLock
 from endpoint.host.proctitle import set_title
@@ -44,6 +44,9 @@ FINAL_HEARTBEAT_WAIT_S = 3.0
 # A broken engine is replaced at most this often; past it, tasks fail fast with its reason.
 MAX_ENGINE_RESTARTS = 3
 RESTART_WINDOW_S = 600.0
+#: The block breaker's back-off doubles at each trip in a row, up to this (or the configured
+#: back-off, when larger); a connected worker resets it.
+MAX_BACKOFF_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,8 @@ class EndpointRuntime(EventLoop):
         self._engine_restarts: list[float] = []
         # Set while the engine restart budget is spent (heartbeats, status.json, health).
         self._breaker: dict[str, Any] | None = None
+        self._trips = 0  # block breaker trips in a row (engines that never got a worker)
+        self._backoff_until = 0.0  # monotonic; while the block breaker is open
         self.queues = queues
         self.heartbeat_period = settings.heartbeat_period
         self.pid_lock = pid_lock
@@ -196,14 +201,38 @@ class EndpointRuntime(EventLoop):
         if failure is None or self.engine_factory is None:
             return
         now = time.monotonic()
+        if failure.retry_after_s is not None:
+            if not self._backoff_over(failure, now):
+                return
+        elif not self._within_restart_budget(failure, now):
+            return
+        self._replace_engine(failure, unsubmitted)
+
+    def _within_restart_budget(self, failure: Failure, now: float) -> bool:
+        """Whether the engine may be replaced now; opens the breaker when it may not."""
         self._engine_restarts = [t for t in self._engine_restarts if now - t < RESTART_WINDOW_S]
         if len(self._engine_restarts) >= MAX_ENGINE_RESTARTS:
             # The breaker is open: no new engine (so no new batch jobs) until the window
             # passes; the broken engine answers every task with its reason, fast.
             self._open_breaker(failure.reason, self._engine_restarts[0] + RESTART_WINDOW_S - now)
-            return
-        self._breaker = None
+            return False
         self._engine_restarts.append(now)
+        return True
+
+    def _backoff_over(self, failure: Failure, now: float) -> bool:
+        """The block breaker tripped in the engine: no new engine (so no new batch jobs)
+        until its back-off passed, then one new engine tries again."""
+        if self._breaker is None:
+            self._trips += 1
+            base = float(failure.retry_after_s or 0)
+            backoff = min(base * 2 ** (self._trips - 1), max(MAX_BACKOFF_S, base))
+            self._backoff_until = now + backoff
+            self._open_breaker(failure.reason, backoff, blocks=True)
+        return now >= self._backoff_until
+
+    def _replace_engine(self, failure: Failure, unsubmitted: AbstractSet[str]) -> None:
+        assert self.engine_factory is not None  # _check_engine returned without one
+        self._breaker = None
         log.error("engine failed (%s); starting a new one", failure.reason)
         old, self._engine_generation = self.engine, self._engine_generation + 1
         old.shutdown(wait=False)
@@ -217,8 +246,18 @@ class EndpointRuntime(EventLoop):
         lost = [(t, error_result(t, failure.code, message, self.endpoint_id)) for t in running]
         self._execute(self.ix.on_results(lost))
 
-    def _open_breaker(self, reason: str, retry_in_s: float) -> None:
-        if self._breaker is None:
+    def _open_breaker(self, reason: str, retry_in_s: float, *, blocks: bool = False) -> None:
+        if self._breaker is not None:
+            return
+        if blocks:
+            log.error(
+                "the block breaker tripped (%d in a row); no new batch jobs for %.0f s, or "
+                "until `restart`: %s",
+                self._trips,
+                retry_in_s,
+                reason,
+            )
+        else:
             log.error(
                 "engine failed %d times in %.0f s; no new engine (and no new batch jobs) for "
                 "%.0f s, or until `restart`: %s",
@@ -227,13 +266,16 @@ class EndpointRuntime(EventLoop):
                 retry_in_s,
                 reason,
             )
-            self._breaker = {
-                "state": "open",
-                "failures": MAX_ENGINE_RESTARTS + 1,
-                "reason": reason[-4000:],
-                "retry_after_unix": time.time() + retry_in_s,
-            }
-            self._write_status()
+        self._breaker = {
+            "state": "open",
+            "kind": "blocks" if blocks else "engine",
+            "trips": self._trips if blocks else 1,
+            "failures": MAX_ENGINE_RESTARTS + 1,
+            # The head (what failed, the job ids) matters more than the last job's output.
+            "reason": reason[:4000],
+            "retry_after_unix": time.time() + retry_in_s,
+        }
+        self._write_status()
 
     # ---- lifecycle ------------------------------------------------------------------------
     def run(self) -> None:
@@ -378,6 +420,8 @@ class EndpointRuntime(EventLoop):
     # ---- heartbeats ---------------------------------------------------------------------
     def _heartbeat(self, active: bool) -> None:
         engine_status = self._engine_status()
+        if self._trips and int(engine_status.get("total_workers") or 0) > 0:
+            self._trips = 0  # workers connect again: the next trip starts from the base
         state: dict[str, Any] = dict(engine_status)
         state.update(self.ix.status())
         state.update(self._ep_info())

@@ -430,14 +430,19 @@ def test_failing_blocks_fail_tasks_with_the_reason(fresh: Any) -> None:
     subs = [submission(add, i) for i in range(10)]
     for sub in subs:
         engine.submit(sub)
-    failures = results.wait(*(s.task_id for s in subs), timeout=60)
+    # The block breaker (3 failed blocks in a row by default) trips after three status
+    # polls of the provider.
+    failures = results.wait(*(s.task_id for s in subs), timeout=240)
     for failure in failures:
         assert failure.error_details is not None
         assert failure.error_details["code"] == "EngineFailure"
-        assert "bad state" in failure.data and "EXIT CODE: 3" in failure.data
-        assert "no python here" in failure.data
-        # Where to look: the block's job id and its submit script (Parsl names neither).
-        assert re.search(r"block 0: job \d+ \(submit script /\S+submit_scripts/", failure.data)
+        assert "3 batch jobs in a row ended before any worker connected" in failure.data
+        assert "no python here" in failure.data  # the tail of the job's stderr
+        # Where to look: each block's job id, how it ended, and its submit script.
+        assert re.search(r"block 0: job \d+, MISSING \(exit code 3\)", failure.data)
+        assert re.search(r"submit script: /\S+submit_scripts/parsl\.", failure.data)
+    # The breaker trips in Parsl's poll, before its strategy could submit one more block.
+    assert len(engine.executor.blocks_to_job_id) == 3
     late = submission(add, 1)
     engine.submit(late)
     (refused,) = results.wait(late.task_id)

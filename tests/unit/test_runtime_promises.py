@@ -116,8 +116,11 @@ class ManualEngine(Engine):
     def inflight_target(self) -> int:
         return self.window
 
+    #: Workers its status reports (a connected worker resets the block breaker's back-off).
+    workers = 1
+
     def status(self) -> dict[str, Any]:
-        return {"total_workers": 1, "engine_type": type(self).__name__}
+        return {"total_workers": self.workers, "engine_type": type(self).__name__}
 
     def shutdown(self, *, wait: bool = True) -> None:
         self.shut_down = True
@@ -743,4 +746,47 @@ def test_a_cancelled_consumer_turns_health_bad_until_it_consumes_again(make: Mak
     assert deserialize(h.result(second).data) == 16
     h.results.settle_all()
     h.wait_forgotten(first, second)
+    h.stop()
+
+
+def test_the_block_breaker_holds_back_a_new_engine_for_its_back_off_then_tries_again(
+    make: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 14: an engine whose blocks keep failing asks for a back-off (its Failure's
+    retry_after_s): no new engine (hence no batch job) starts during it, whatever tasks
+    arrive; they fail fast with the reason; health says no new blocks; after the back-off
+    one new engine tries again, and a second trip in a row doubles the back-off."""
+    monkeypatch.setattr(ManualEngine, "workers", 0)  # no block ever gets a worker
+    h = make(replaceable=True)
+    h.start()
+    first = h.engines[0]
+    first.failed = Failure(CODE_ENGINE_FAILURE, "3 batch jobs in a row ended: job 17", 0.8)
+    tid = h.send(square, 1)
+
+    def tripped() -> dict[str, Any] | None:
+        found = (read_status(h.rt.ep_dir) or {}).get("engine_breaker")
+        return found if isinstance(found, dict) and found.get("state") == "open" else None
+
+    breaker = h.broker.wait_for(tripped, "the block breaker in status.json")
+    assert breaker["kind"] == "blocks" and breaker["trips"] == 1, breaker
+    assert "job 17" in breaker["reason"]
+    verdict = judge(read_status(h.rt.ep_dir), alive=True)
+    assert not verdict.healthy and "no new blocks" in verdict.reason, verdict
+    assert len(h.engines) == 1  # held back while the back-off runs
+    first.finish_all()
+    h.result(tid)
+    # After the back-off: a new engine starts, and the breaker closes.
+    h.broker.wait_op(lambda op: op.source == "engine-2" and op.kind == "start", "a new engine")
+    h.broker.wait_for(lambda: tripped() is None, "the breaker to close")
+    # It trips again at once: the second back-off (1.6 s) is twice the first.
+    second = h.engines[1]
+    second.failed = Failure(CODE_ENGINE_FAILURE, "3 batch jobs in a row ended: job 18", 0.8)
+    tid2 = h.send(square, 2)
+    again = h.broker.wait_for(tripped, "the second trip")
+    assert again["trips"] == 2 and "job 18" in again["reason"], again
+    second.finish_all()
+    h.result(tid2)
+    h.broker.wait_op(lambda op: op.source == "engine-3" and op.kind == "start", "a third engine")
+    h.results.settle_all()
+    h.wait_forgotten(tid, tid2)
     h.stop()

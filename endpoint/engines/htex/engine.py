@@ -61,9 +61,11 @@ from endpoint.engines.base import (
 )
 from endpoint.engines.htex import config as htex_config
 from endpoint.engines.htex.batching import RUNNER, BatchPolicy, encode_batch
+from endpoint.engines.htex.breaker import BlockBreaker
+from endpoint.engines.htex.breaker import report as breaker_report
 from endpoint.engines.htex.containers import ContainerWorkers
 from endpoint.engines.htex.watch import WatcherMixin
-from endpoint.errors import ContainerError, ImageNotFound, LifecycleError
+from endpoint.errors import BlocksFailing, ContainerError, ImageNotFound, LifecycleError
 
 if TYPE_CHECKING:
     from endpoint.config.htex import ParslEngineConfig
@@ -122,8 +124,10 @@ class GlobusComputeEngine(WatcherMixin, TaskEngine):
         )
         self.task_batch_size = config.task_batch_size
         # JobStatusPoller's arguments, by their Parsl names.
-        self.scaling = config.job_status_kwargs.model_dump()
+        self.scaling = config.job_status_kwargs.poller_kwargs()
+        self.breaker_config = config.block_breaker
         self.executor = self._build_executor(config)
+        self.executor.poll_interval_override = config.job_status_kwargs.status_polling_interval
         self._init_state()
 
     # ---- configuration ---------------------------------------------------------------
@@ -141,6 +145,9 @@ class GlobusComputeEngine(WatcherMixin, TaskEngine):
     def _build_executor(self, config: ParslEngineConfig) -> Any:
         cls = self._executor_class()
         kwargs = self._executor_options(config)
+        # Parsl's handler gives up at the first failed block when init_blocks is 0; the
+        # block breaker (`_check_blocks`) replaces it unless a config asks for Parsl's.
+        own_handler = "block_error_handler" not in kwargs
         built_provider = htex_config.build_provider(config.provider)
         executor = htex_config.make_executor(
             cls,
@@ -162,6 +169,8 @@ class GlobusComputeEngine(WatcherMixin, TaskEngine):
             executor.launch_cmd = htex_config.worker_launch_cmd(executor.launch_cmd, worker_init)
         if "interchange_launch_cmd" not in kwargs:
             executor.interchange_launch_cmd = htex_config.interchange_launch_cmd()
+        if own_handler:
+            executor.block_check = self._check_blocks
         return executor
 
     def _init_state(self) -> None:
@@ -187,6 +196,10 @@ class GlobusComputeEngine(WatcherMixin, TaskEngine):
         self._poller: Any = None
         self._parsl_stopped = False
         self._options_wire: dict[str, Any] = {}
+        self._block_breaker = BlockBreaker(self.breaker_config.max_failures)
+        self._connected_blocks: set[str] = set()
+        self._manager_blocks: dict[str, str] = {}  # every manager seen -> its block id
+        self._retry_after: float | None = None  # set when the block breaker trips
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -260,7 +273,9 @@ class GlobusComputeEngine(WatcherMixin, TaskEngine):
 
     def failure(self) -> Failure | None:
         with self._cond:
-            return None if self._broken is None else Failure(self._broken_code, self._broken)
+            if self._broken is None:
+                return None
+            return Failure(self._broken_code, self._broken, self._retry_after)
 
     def submit(self, task: TaskSubmission) -> None:
         self._check_open()
@@ -463,7 +478,7 @@ class GlobusComputeEngine(WatcherMixin, TaskEngine):
             self._cond.notify_all()
 
     def _on_failure(self, batch: _Batch, exc: BaseException) -> None:
-        from endpoint.engines.htex.parsl_glue import describe, is_bad_state, is_lost_worker
+        from endpoint.engines.htex.parsl_glue import is_bad_state, is_lost_worker
 
         if is_bad_state(exc) or self.executor.bad_state_is_set:
             reason = self._mark_broken(self._bad_state_reason(exc))
@@ -479,7 +494,7 @@ class GlobusComputeEngine(WatcherMixin, TaskEngine):
             self._requeue(batch, alone=True)
             return
         job = batch.jobs[0]
-        job.attempts.append(describe(exc))
+        job.attempts.append(self._describe_attempt(exc))
         if len(job.attempts) <= self.max_retries:
             log.info(
                 "%s: retrying task %s (attempt %d)",
@@ -494,6 +509,17 @@ class GlobusComputeEngine(WatcherMixin, TaskEngine):
         report = attempts_report(what, job.attempts, self.max_retries)
         summary = attempts_report(what, job.attempts, self.max_retries, details=False)
         self._fail_batch(batch, code, report, summary)
+
+    def _describe_attempt(self, exc: BaseException) -> str:
+        """An attempt's reason; a lost worker pool's names its batch job and what ended it."""
+        from endpoint.engines.htex.jobinfo import lost_pool_context
+        from endpoint.engines.htex.parsl_glue import describe, is_lost_worker
+
+        text = describe(exc)
+        if not is_lost_worker(exc):
+            return text
+        context = lost_pool_context(exc, self.executor, self._manager_blocks)
+        return f"{context}\n{text}" if context else text
 
     def _requeue(self, batch: _Batch, *, alone: bool) -> None:
         with self._cond:
@@ -530,6 +556,24 @@ class GlobusComputeEngine(WatcherMixin, TaskEngine):
             self._cond.notify_all()
             return self._broken
 
+    def _check_blocks(self, states: dict[str, Any]) -> None:
+        """(Parsl's poller, after each status poll) Trip the block breaker after too many
+        blocks failed in a row."""
+        if self.executor.bad_state_is_set or self._parsl_stopped:
+            return
+        if not self._block_breaker.observe(states, self._connected_blocks):
+            return
+        backoff = self.breaker_config.backoff
+        reason = breaker_report(self.label, self.executor, self._block_breaker.streak, backoff)
+        with self._cond:
+            self._retry_after = backoff
+        self._mark_broken(reason)
+        # Stops Parsl's scaling (no more jobs) and fails what the interchange holds; those
+        # tasks get `reason`, which `_mark_broken` kept.
+        self.executor.set_bad_state_and_fail_all(BlocksFailing(reason))
+        with self._cond:
+            self._cond.notify_all()
+
     def _note_bad_state(self) -> None:
         """(lock held) Notice Parsl's bad state even when no task was in flight."""
         if self._broken is None and self.executor.bad_state_is_set:
@@ -555,23 +599,13 @@ def block_files(executor: Any) -> str:
     Parsl's reasons name neither the job nor its files ("Check the stdout/stderr logs in the
     submit_scripts directory"); a user of a failing cluster config needs both.
     """
-    provider = getattr(executor, "provider", None)
-    resources = getattr(provider, "resources", None) or {}
-    script_dir = getattr(provider, "script_dir", None)
+    from endpoint.engines.htex.breaker import block_paths
+
+    script_dir = getattr(getattr(executor, "provider", None), "script_dir", None)
     lines = []
     for block_id, job_id in sorted((getattr(executor, "blocks_to_job_id", None) or {}).items()):
-        info = resources.get(job_id) or {}
-        stdout = info.get("job_stdout_path")
-        script = info.get("script_path") or (stdout and stdout.removesuffix(".stdout"))
-        files = ", ".join(
-            f"{what} {path}"
-            for what, path in (
-                ("submit script", script),
-                ("stdout", stdout),
-                ("stderr", info.get("job_stderr_path")),
-            )
-            if path
-        )
+        paths = block_paths(executor, block_id, job_id)
+        files = ", ".join(f"{what} {path}" for what, path in paths)
         lines.append(f"  block {block_id}: job {job_id}" + (f" ({files})" if files else ""))
     if not lines:
         return f"\nSubmit scripts and job output: {script_dir}" if script_dir else ""

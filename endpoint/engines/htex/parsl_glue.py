@@ -45,6 +45,26 @@ class _EngineAware:
 
     command_client: Any  # set by HighThroughputExecutor.start()
     engine_outstanding: Callable[[], int] | None = None
+    #: job_status_kwargs.status_polling_interval: ask the provider this often instead.
+    poll_interval_override: float | None = None
+
+    #: The engine's block breaker; replaces Parsl's block_error_handler when set.
+    block_check: Callable[[dict[str, Any]], None] | None = None
+
+    def handle_errors(self, status: dict[str, Any]) -> None:
+        # Called by the poller after each status poll and before it scales: a breaker that
+        # trips here sets the bad state before the strategy can submit one more block.
+        if self.block_check is not None:
+            self.block_check(status)
+        else:
+            super().handle_errors(status)  # type: ignore[misc]
+
+    @property
+    def status_polling_interval(self) -> float:
+        if self.poll_interval_override is not None:
+            return self.poll_interval_override
+        provider = getattr(self, "_provider", None)
+        return 0 if provider is None else float(provider.status_polling_interval)
 
     def outstanding(self) -> int:
         if self.engine_outstanding is not None:

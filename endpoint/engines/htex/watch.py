@@ -53,6 +53,9 @@ class WatcherMixin:
     _verifying: bool
     _containers: htex_containers.ContainerWorkers | None
 
+    _connected_blocks: set[str]
+    _manager_blocks: dict[str, str]
+
     def _mark_broken(self, reason: str, code: str = CODE_ENGINE_FAILURE) -> str:
         raise NotImplementedError
 
@@ -88,6 +91,9 @@ class WatcherMixin:
         if self.executor.bad_state_is_set:
             return
         managers = self.executor.connected_managers()
+        for m in managers:
+            self._manager_blocks[str(m.get("manager"))] = str(m.get("block_id"))
+            self._connected_blocks.add(str(m.get("block_id")))
         unknown = [m["manager"] for m in managers if m["manager"] not in self._packages]
         if unknown:  # a pool's packages never change: ask once per new pool
             packages = self.executor.connected_managers_packages()
