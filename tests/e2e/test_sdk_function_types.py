@@ -66,3 +66,23 @@ def test_a_shell_function_runs_on_every_engine(endpoint: str, run_sdk: SdkRunner
     # The SDK's walltime: the command is stopped and the result says so (return code 124).
     assert out["slow"] == [124, "subprocess.TimeoutExpired", False]
     assert out["as_dict"] == ["dict", "d\n", 0]
+
+
+MPI_SNIPPET = """
+import json
+from globus_compute_sdk import Executor, MPIFunction
+with Executor(endpoint_id={ep!r}) as ex:
+    res = ex.submit(MPIFunction("echo ranks-{{n}} prefix=[$PARSL_MPI_PREFIX]"), n=1).result(
+        timeout=120
+    )
+print(json.dumps([type(res).__name__, res.returncode, res.stdout]))
+"""
+
+
+def test_an_mpi_function_runs_as_one_process_on_every_engine(
+    endpoint: str, run_sdk: SdkRunner
+) -> None:
+    """An `MPIFunction` unpickles and runs on every engine; without GlobusMPIEngine there is no
+    launcher prefix, so its command runs once (tests/hpc/test_mpi.py runs ranks on two nodes)."""
+    kind, returncode, stdout = run_sdk(MPI_SNIPPET.format(ep=endpoint))
+    assert (kind, returncode, stdout.strip()) == ("ShellResult", 0, "ranks-1 prefix=[]")
