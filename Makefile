@@ -11,7 +11,7 @@ PEER_VERSION := 4.19.0
 $(BIN)/compute-endpoint: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,kubernetes]'
 	@touch $@
 
 ## dev: create .venv with the project installed (compute-endpoint, compute-webservice)
@@ -30,21 +30,27 @@ demo: dev peers
 
 ## test: unit, integration (real RabbitMQ) and e2e (official SDK and endpoint) tests
 ## (the appliance tests need dockerd and the images: `make test-appliance`)
-test: dev peers
+test: dev peers uv-cache
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -q -ra tests --ignore=tests/appliance
+
+## uv-cache: fill uv's cache (and build the worker wheel) so the per-user environment tests run offline
+.PHONY: uv-cache
+uv-cache: dev
+	tools/warm-uv-cache
 
 test-unit: dev peers
 	$(BIN)/pytest -q tests/unit
 
-test-integration: dev
+test-integration: dev uv-cache
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -q -ra tests/integration
 
-test-e2e: dev peers
+test-e2e: dev peers uv-cache
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -q -ra tests/e2e
 
 SHELL_SCRIPTS := entrypoint appliance/bin/rabbitmq-run appliance/bin/run-endpoint \
 	appliance/bin/run-webservice appliance/broker/rabbitmq-diagnostics .ci/run \
-	tools/install-prereqs tools/dockerd-up tools/base-image tools/slurm-up tools/slurm-down
+	tools/install-prereqs tools/dockerd-up tools/base-image tools/slurm-up tools/slurm-down \
+	tools/warm-uv-cache
 
 # Python the linters and the formatter check (ruff's rules, C901's complexity bound included,
 # live in pyproject.toml).

@@ -152,3 +152,7 @@ class IdentityRefused(CommandRefused):
 
 class SpawnError(EndpointError):
     """A user endpoint process could not be started."""
+
+
+class UserEnvError(EndpointError):
+    """A per-user Python environment (endpoint.manager.userenv) could not be built or used."""

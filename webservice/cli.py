@@ -2,6 +2,7 @@
 
     compute-webservice serve [--host H] [--port P] [--amqp-url URL] [--public-amqp-url URL] [--db F]
                              [--max-connections N] [--header-timeout S]
+                             [--max-submission-bytes SIZE]
     compute-webservice create-client [--db F] [--name N] [--client-id ID] [--client-secret S]
 
 Exit codes: 0 ok, 1 the service could not start, 2 bad usage (argparse), 3 broker start failed.
@@ -20,7 +21,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 from webservice.broker import BrokerStartError
-from webservice.limits import Limits
+from webservice.limits import MAX_SUBMISSION_CEILING, Limits, parse_size
 from webservice.principals import client_user
 from webservice.server import embedded_broker, run
 from webservice.settings import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_QUEUE_PREFIX, Settings
@@ -88,6 +89,16 @@ def _parser() -> argparse.ArgumentParser:
         default=float(_env("HEADER_TIMEOUT", str(Limits.header_timeout_s)) or 0),
         help="seconds a connection has to send a request's headers",
     )
+    serve.add_argument(
+        "--max-submission-bytes",
+        type=_submission_size,
+        default=_env("MAX_SUBMISSION_BYTES", str(Limits.max_submission_bytes)),
+        metavar="SIZE",
+        help="largest submission, function code plus every task's payload, in bytes or with a"
+        " unit (10MiB, 10MB); larger ones get 413 TASK_PAYLOAD_TOO_LARGE"
+        f" (env {ENV}MAX_SUBMISSION_BYTES; default 10MiB, at most"
+        f" {MAX_SUBMISSION_CEILING // 2**20}MiB)",
+    )
 
     client = sub.add_parser("create-client", help="create an OAuth2 client; prints its secret")
     client.add_argument("--db", default=_env("DB", str(_default_db())), help=db_help)
@@ -95,6 +106,15 @@ def _parser() -> argparse.ArgumentParser:
     client.add_argument("--client-id", help="use this id (a UUID) instead of a new one")
     client.add_argument("--client-secret", help="use this secret instead of a random one")
     return parser
+
+
+def _submission_size(text: str) -> int:
+    try:
+        size = parse_size(text)
+        Limits(max_submission_bytes=size)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return size
 
 
 def _terminate(_signum: int, _frame: FrameType | None) -> None:
@@ -119,7 +139,9 @@ def _serve_until_stopped(args: argparse.Namespace) -> int:
             public_amqp_url=args.public_amqp_url,
             queue_prefix=args.queue_prefix,
             limits=Limits(
-                max_connections=args.max_connections, header_timeout_s=args.header_timeout
+                max_connections=args.max_connections,
+                header_timeout_s=args.header_timeout,
+                max_submission_bytes=args.max_submission_bytes,
             ),
         )
 

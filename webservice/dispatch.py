@@ -43,7 +43,6 @@ from webservice.limits import (
     MAX_HEADER_BYTES,
     MAX_RESOURCE_SPEC_BYTES,
     MAX_RESULT_SERIALIZERS_BYTES,
-    MAX_SUBMISSION_BYTES,
     MAX_USER_CONFIG_BYTES,
 )
 from webservice.liveness import is_online
@@ -86,10 +85,20 @@ class Dispatcher:
         after that discards what it stored (the client never learns those task ids)."""
         endpoint = self._endpoint_for_submit(caller, endpoint_id)
         functions = self._functions_for_submit(caller, endpoint, body.tasks)
-        check_submission(body, functions)
+        check_submission(body, functions, self._settings.limits.max_submission_bytes)
         route_id = endpoint.endpoint_id
         if endpoint.is_manager:
             route_id = uep_id(endpoint.endpoint_id, caller.identity, body.user_endpoint_config)
+        elif body.user_endpoint_config:
+            # A warning, not a refusal: the SDK's Executor sends the same options with every
+            # batch, and a script written for a core endpoint is often pointed at a personal
+            # one; the tasks are valid there, only the options cannot apply.
+            log.warning(
+                "endpoint %s is a single-user endpoint: the submission's user_endpoint_config"
+                " (keys %s) is ignored; it applies only to core (multi-user) endpoints",
+                endpoint.endpoint_id,
+                sorted(body.user_endpoint_config)[:20],
+            )
         group_id, group = self._task_group(caller, body.task_group_id)
         new_tasks, ids_by_key = self._new_tasks(
             caller, endpoint.endpoint_id, route_id, group_id, body, functions, received_ns
@@ -311,25 +320,32 @@ class Dispatcher:
                 log.warning("could not re-send a start command: %s", e)
 
 
-def check_submission(body: SubmitIn, functions: dict[str, Function]) -> None:
+def check_submission(body: SubmitIn, functions: dict[str, Function], limit: int) -> None:
     """413 for a submission or a header-borne field over its limit (nothing is encoded yet).
 
-    Every task carries its function's code, so the size is code + payload per task.
+    Every task carries its function's code, so the size is code + payload per task, in bytes
+    as they will be published (UTF-8).
     """
     size = sum(
-        len(functions[key].code) * len(payloads) + sum(map(len, payloads))
+        _utf8_len(functions[key].code) * len(payloads) + sum(map(_utf8_len, payloads))
         for key, payloads in body.tasks.items()
     )
-    if size > MAX_SUBMISSION_BYTES:
+    if size > limit:
         raise PayloadTooLarge(
-            f"the submission's function code and payloads ({size} bytes) exceed"
-            f" {MAX_SUBMISSION_BYTES} bytes",
+            f"the submission's function code and payloads ({size} bytes) exceed the limit of"
+            f" {limit} bytes per submission; pass large data by reference (a file or URL) or"
+            " submit fewer tasks at once",
             code="TASK_PAYLOAD_TOO_LARGE",
         )
     _check_field("resource_specification", body.resource_specification, MAX_RESOURCE_SPEC_BYTES)
     _check_field("result_serializers", body.result_serializers, MAX_RESULT_SERIALIZERS_BYTES)
     _check_field("user_endpoint_config", body.user_endpoint_config, MAX_USER_CONFIG_BYTES)
     _check_field("user_runtime", body.user_runtime, MAX_USER_CONFIG_BYTES)
+
+
+def _utf8_len(text: str) -> int:
+    # isascii() is O(1) in CPython: SDK payloads (base64) never pay for an encoded copy.
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 def _check_field(name: str, value: Any, limit: int) -> None:

@@ -9,12 +9,16 @@ and an authenticated one any amount before a 503. Here, for a request that carri
 3. the body is read with a per-chunk and a total deadline (408) and counted as it arrives
    (413 as soon as it passes the limit, for chunked bodies too), then handed to the app.
 
+The submit route's limit follows the submission limit (`Limits.submit_body_bytes`), and its
+413 is the documented TASK_PAYLOAD_TOO_LARGE, as for a submission found too large once parsed.
+
 Every refusal closes the connection: the rest of an unread body is never drained.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -22,6 +26,7 @@ from typing import Any
 from starlette.datastructures import Headers
 from starlette.requests import Request
 
+from webservice.api.submit import is_submit_path
 from webservice.errors import BadRequest, PayloadTooLarge, RequestTimeout, ServiceError
 from webservice.limits import Limits
 from webservice.security import CALLER_STATE, authenticate
@@ -79,15 +84,38 @@ class EdgeGuard:
         chunked = "chunked" in headers.get("transfer-encoding", "").lower()
         if not length and not chunked:
             return receive
-        form = scope.get("path") in FORM_PATHS
-        limit = self.limits.max_form_bytes if form else self.limits.max_body_bytes
+        path = scope.get("path", "")
+        form = path in FORM_PATHS
+        submit = is_submit_path(path)
+        limit = self._body_limit(form, submit)
         if not form:
             _authenticate_first(scope)
+        too_large = functools.partial(self._too_large, limit, submit)
         if length is not None and length > limit:
-            raise PayloadTooLarge(f"the request body ({length} bytes) exceeds {limit} bytes")
-        return _replay(await self._read(receive, limit), receive)
+            raise too_large(length)
+        return _replay(await self._read(receive, limit, too_large), receive)
 
-    async def _read(self, receive: Receive, limit: int) -> bytes:
+    def _body_limit(self, form: bool, submit: bool) -> int:
+        if submit:
+            return self.limits.submit_body_bytes
+        return self.limits.max_form_bytes if form else self.limits.max_body_bytes
+
+    def _too_large(self, limit: int, submit: bool, declared: int | None) -> PayloadTooLarge:
+        """The 413 for a body over ``limit``: its ``declared`` length, if it gave one."""
+        size = "" if declared is None else f"({declared} bytes) "
+        if not submit:
+            return PayloadTooLarge(f"the request body {size}exceeds {limit} bytes")
+        return PayloadTooLarge(
+            f"the submission's body {size}exceeds {limit} bytes, so its function code and"
+            f" payloads cannot fit the limit of {self.limits.max_submission_bytes} bytes per"
+            " submission; pass large data by reference (a file or URL) or submit fewer tasks"
+            " at once",
+            code="TASK_PAYLOAD_TOO_LARGE",
+        )
+
+    async def _read(
+        self, receive: Receive, limit: int, too_large: Callable[[int | None], PayloadTooLarge]
+    ) -> bytes:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.limits.body_timeout_s
         chunks: list[bytes] = []
@@ -103,7 +131,7 @@ class EdgeGuard:
             chunk: bytes = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                raise PayloadTooLarge(f"the request body exceeds {limit} bytes")
+                raise too_large(None)
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)

@@ -2,11 +2,14 @@
 
 Inert data, like `Settings` (which holds one `Limits`). The HTTP layer (`edge.py`) enforces the
 transport limits, the request models (`models.py`) the shape limits and `dispatch.py` the
-submission limits, each before anything is stored or published.
+submission limits, each before anything is stored or published. The submission limit is
+enforced twice: on the submit route's body before it is read or parsed (`submit_body_bytes`),
+then exactly, on function code plus payloads, once the functions are known.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 KiB = 1024
@@ -14,6 +17,14 @@ MiB = 1024 * KiB
 
 #: The hosted service's limit on one submission: function code plus payloads of every task.
 MAX_SUBMISSION_BYTES = 10 * MiB
+#: The most `Limits.max_submission_bytes` may be set to: RabbitMQ's default max_message_size
+#: before 4.0 (4.0 lowered it to 16 MiB), and a bound on what one request may make us buffer.
+MAX_SUBMISSION_CEILING = 128 * MiB
+#: The JSON around a submission's payloads (quotes, escapes, ids, the header-borne fields
+#: capped below) is far smaller than this share of them for any client that sends payloads as
+#: the SDK does (base64 text).
+SUBMIT_BODY_OVERHEAD_DIVISOR = 8
+SUBMIT_BODY_OVERHEAD_BYTES = 256 * KiB
 
 #: RabbitMQ's default frame_max is 128 KiB, and all the headers of one message must fit in one
 #: frame (a larger one makes the broker close the whole connection). These leave ample room.
@@ -32,8 +43,11 @@ MAX_JSON_DEPTH = 32
 class Limits:
     """Transport limits of one service instance."""
 
-    #: Largest request body of a JSON route: a 10 MiB submission plus JSON overhead.
+    #: Largest request body of a JSON route other than submit (a registered function's code).
     max_body_bytes: int = 16 * MiB
+    #: Function code plus every task's payload of one submission; over it, 413
+    #: TASK_PAYLOAD_TOO_LARGE (`compute-webservice serve --max-submission-bytes`).
+    max_submission_bytes: int = MAX_SUBMISSION_BYTES
     #: Largest body of the OAuth2 form routes (a few short fields).
     max_form_bytes: int = 64 * KiB
     #: A connection must deliver a request's complete headers within this many seconds.
@@ -50,3 +64,37 @@ class Limits:
     #: the longest delay (doubling from one second) imposed after that.
     free_auth_failures: int = 5
     max_auth_delay_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.max_submission_bytes <= MAX_SUBMISSION_CEILING:
+            raise ValueError(
+                f"max_submission_bytes must be between 1 and {MAX_SUBMISSION_CEILING} bytes,"
+                f" not {self.max_submission_bytes}"
+            )
+
+    @property
+    def submit_body_bytes(self) -> int:
+        """Largest submit body read: the submission limit plus room for the JSON around it.
+
+        A bigger body cannot hold a submission within the limit (from an SDK-like client), so
+        it is refused as TASK_PAYLOAD_TOO_LARGE before it is read or parsed.
+        """
+        limit = self.max_submission_bytes
+        return limit + limit // SUBMIT_BODY_OVERHEAD_DIVISOR + SUBMIT_BODY_OVERHEAD_BYTES
+
+
+_SIZE = re.compile(r"(\d+)\s*(?:([kmg])(i?)b?|b)?", re.IGNORECASE)
+#: Per unit prefix: (decimal, binary) multiplier.
+_MULTIPLIERS = {"k": (10**3, 2**10), "m": (10**6, 2**20), "g": (10**9, 2**30)}
+
+
+def parse_size(text: str) -> int:
+    """``10485760``, ``10MiB`` (10 * 2**20), ``10MB`` (10**7), ``512KiB``... in bytes."""
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"not a size: {text!r} (a number of bytes, or e.g. 10MiB, 10MB)")
+    number, prefix = int(match[1]), (match[2] or "").lower()
+    if not prefix:
+        return number
+    decimal, binary = _MULTIPLIERS[prefix]
+    return number * (binary if match[3] else decimal)

@@ -16,12 +16,16 @@ from endpoint.admin import service
 from endpoint.admin.auth import LoginPrompt, identity_client
 from endpoint.config import EndpointConfig, ManagerConfig, load_endpoint_dir
 from endpoint.errors import AlreadyRunning
-from endpoint.host.dirs import read_endpoint_id, resolve, user_dir, write_endpoint_id
+from endpoint.host.dirs import (
+    read_endpoint_id,
+    resolve,
+    started_paths,
+    user_dir,
+    write_endpoint_id,
+)
 from endpoint.host.pidlock import PidLock, Probe, State, clean_stale_pid, probe
 
 log = logging.getLogger(__name__)
-
-DEFAULT_LOG = "endpoint.log"
 
 
 class Notifier(Protocol):
@@ -42,10 +46,16 @@ class Loaded:
 
     @property
     def log_path(self) -> Path:
-        """`paths.endpoint_log` (the loader resolves it), else `<ep_dir>/endpoint.log`."""
-        if isinstance(self.config, EndpointConfig) and self.config.paths.endpoint_log:
-            return self.config.paths.endpoint_log
-        return self.ep_dir / DEFAULT_LOG
+        """`paths.endpoint_log`, else $GLOBUS_COMPUTE_LOG_PATH, else `endpoint.log` in
+        `paths.endpoint_dir` or the endpoint's directory (`dirs.run_paths`)."""
+        paths = self.config.paths if isinstance(self.config, EndpointConfig) else None
+        found = started_paths(
+            self.ep_dir,
+            paths.endpoint_dir if paths else None,
+            paths.endpoint_log if paths else None,
+            os.environ,
+        )
+        return found.log
 
     @property
     def user_config(self) -> EndpointConfig:

@@ -239,7 +239,7 @@ def registration_body(
             "local_user": getpass.getuser(),
             "endpoint_config": config_text,
         },
-        # Only manager configs have `public`; a user endpoint is never public by itself.
+        # Listing in the web UI (any endpoint kind, as officially since 4.18); no access.
         "public": bool(getattr(config, "public", False)),
         "high_assurance": bool(getattr(config, "high_assurance", False)),
     }

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -22,7 +22,7 @@ from endpoint.admin.register import Loaded, Notifier, claim, load, register
 from endpoint.config import ManagerConfig
 from endpoint.engines.base import Engine
 from endpoint.host import daemon, hooks, logs
-from endpoint.host.dirs import read_endpoint_id
+from endpoint.host.dirs import export_paths, read_endpoint_id
 from endpoint.host.pidlock import PidLock
 from endpoint.manager.identity import Authorizer
 from endpoint.runtime.adapter import EndpointRuntime
@@ -65,6 +65,7 @@ class _Run:
     endpoint_id: str | None = None
     engine: Engine | None = field(default=None, repr=False)
     authorizer: Authorizer | None = field(default=None, repr=False)
+    restore_env: Callable[[], None] = field(default=lambda: None, repr=False)
 
 
 def start(
@@ -77,8 +78,10 @@ def start(
 ) -> Started:
     os.umask(0o077)
     loaded = load(target)
+    debug = debug or loaded.config.debug  # `debug: true` in config.yaml, like --debug
     logs.configure(debug=debug, log_file=loaded.log_path, console=True)
     log.info("========== endpoint %s starting (%s)", loaded.name, loaded.path)
+    log.debug("its configuration:\n%s", loaded.text)
     run = _Run(loaded, claim(loaded.ep_dir, notify))
     try:
         with _interruptible():
@@ -103,12 +106,15 @@ def start(
     finally:
         if run.owner:
             _finish(run)
+        run.restore_env()
 
 
 def _prepare(run: _Run, endpoint_uuid: str | None, notify: Notifier) -> service.Registration:
     loaded = run.loaded
     cfg = loaded.user_config
     run.endpoint_id = endpoint_uuid or read_endpoint_id(loaded.ep_dir)
+    # endpoint_setup, the engine and its workers inherit them (official 4.16 variables).
+    run.restore_env = export_paths(loaded.name, loaded.ep_dir, loaded.log_path, os.environ)
     run.setup_done = hooks.run_setup(cfg.endpoint_setup, loaded.ep_dir, run.endpoint_id)
     # Built (not started) before registering: a bad engine block is a config error, and
     # engines start no processes or threads until `start`, so the fork below is safe.

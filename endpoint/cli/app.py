@@ -21,7 +21,7 @@ from endpoint.admin import auth, boot, configure, start, stop
 from endpoint.admin import delete as deletion
 from endpoint.admin.listing import list_endpoints
 from endpoint.admin.service import ENDPOINT_PROTOCOL_VERSION
-from endpoint.cli import completion
+from endpoint.cli import completion, legacy_env, policy
 from endpoint.cli.exits import (
     EX_CONFIG,
     EX_FAILURE,
@@ -31,7 +31,7 @@ from endpoint.cli.exits import (
     EXIT_CODES,
     exit_code,
 )
-from endpoint.config import check, describe
+from endpoint.config import check, describe, overrides
 from endpoint.errors import (
     ConfigError,
     EndpointError,
@@ -80,21 +80,48 @@ class _Terminal:
 
 
 def cmd_version(_args: argparse.Namespace) -> int:
-    print(f"compute-endpoint {__version__} (Globus Compute endpoint {ENDPOINT_PROTOCOL_VERSION})")
+    # The first line is the official format, with the official release whose behaviour and
+    # protocol this one implements, for scripts that parse it; the second says what runs.
+    print(f"Globus Compute endpoint version: {ENDPOINT_PROTOCOL_VERSION}")
+    print(f"container-compute-endpoint {__version__}")
     return EX_OK
 
 
-def cmd_configure(args: argparse.Namespace) -> int:
+def _configure_options(args: argparse.Namespace) -> configure.Options:
+    policy.check(policy.from_args(args))
+    core_file = args.core_config
+    if args.manager_config is not None:
+        if core_file is not None:
+            _err(
+                "Warning: both --manager-config and --core-config given; --manager-config "
+                "(deprecated) is ignored"
+            )
+        else:
+            _err("Warning: --manager-config is deprecated; use --core-config")
+            core_file = args.manager_config
+    files = overrides.read_all(
+        core_file,
+        args.template_config,
+        args.schema_config,
+        args.user_env_config,
+        args.id_mapping_config,
+    )
     opts = configure.Options(
         multi_user=args.multi_user,
         display_name=args.display_name,
         auth_policy=args.auth_policy,
         subscription_id=args.subscription_id,
         contact_email=args.contact_email,
+        files=files,
     )
-    if args.contact_email and not args.multi_user:
-        _err("Warning: --contact-email is only used by multi-user endpoints; ignored")
-    created = configure.configure(args.name, opts)
+    configure.check_options(opts)
+    if args.contact_email and not opts.core:
+        _err("Warning: --contact-email is only used by core (multi-user) endpoints; ignored")
+    return opts
+
+
+def cmd_configure(args: argparse.Namespace) -> int:
+    created = configure.configure(args.name, _configure_options(args))
     print(f"Created profile for endpoint named <{args.name}>\n")
     print(f"\tConfiguration file: {created.config}")
     for path in created.files[1:]:
@@ -351,6 +378,15 @@ def _common() -> argparse.ArgumentParser:
     common.add_argument(
         "--debug", action="store_true", default=argparse.SUPPRESS, help="debug logs"
     )
+    # Accepted so that the official commands' scripts run unchanged: ours never colours its
+    # log lines, and mirrors them to the console whenever it runs in the foreground.
+    for flag in ("--no-color", "--log-to-console"):
+        common.add_argument(
+            flag,
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="(accepted for compatibility; always the case here)",
+        )
     return common
 
 
@@ -370,19 +406,7 @@ def _add(sub: Any, name: str, func: Command, help_text: str) -> argparse.Argumen
 
 
 def _add_lifecycle(sub: Any) -> None:
-    c = _add(sub, "configure", cmd_configure, "create an endpoint directory and its config")
-    c.add_argument("name", nargs="?", default="default", metavar="NAME")
-    c.add_argument(
-        "--multi-user",
-        default=False,
-        type=_bool,
-        metavar="BOOL",
-        help="a multi-user (manager) endpoint: config.yaml plus a user config template",
-    )
-    c.add_argument("--display-name", help="the name the web UI shows")
-    c.add_argument("--auth-policy", type=_uuid, metavar="UUID", help="a Globus Auth policy")
-    c.add_argument("--subscription-id", type=_uuid, metavar="UUID")
-    c.add_argument("--contact-email", metavar="EMAIL", help="(multi-user) shown to users")
+    _add_configure(sub)
     for name, func, help_text in (
         ("start", cmd_start, "register and run an endpoint (foreground unless --detach)"),
         ("restart", cmd_restart, "stop, then start again"),
@@ -403,6 +427,39 @@ def _add_lifecycle(sub: Any) -> None:
     _endpoint_arg(d, "endpoint name or id (a remote-only id is fine)")
     d.add_argument("--force", action="store_true", help="stop it first; carry on past errors")
     d.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+
+
+def _add_configure(sub: Any) -> None:
+    c = _add(sub, "configure", cmd_configure, "create an endpoint directory and its config")
+    c.add_argument("name", nargs="?", default="default", metavar="NAME")
+    c.add_argument(
+        "--multi-user",
+        default=None,
+        type=_bool,
+        metavar="BOOL",
+        help="true: a core (multi-user) endpoint: config.yaml plus a user config template, "
+        "schema and environment; false: a single-user endpoint (the default, unless "
+        "--core-config has no engine: block)",
+    )
+    c.add_argument("--display-name", metavar="TEXT", help="the name the web UI shows")
+    c.add_argument("--contact-email", metavar="EMAIL", help="(core endpoints: required)")
+    c.add_argument("--subscription-id", type=_uuid, metavar="UUID")
+    c.add_argument(
+        "--high-assurance", action="store_true", help="not supported here (refused with why)"
+    )
+    files = c.add_argument_group(
+        "configuration file overrides", "copy FILE into the new endpoint instead of a default"
+    )
+    for flag, what in (
+        ("--core-config", "config.yaml (the core or single-user endpoint's own config)"),
+        ("--manager-config", "deprecated spelling of --core-config"),
+        ("--template-config", "user_config_template.yaml.j2 (core endpoints)"),
+        ("--schema-config", "user_config_schema.json (core endpoints)"),
+        ("--user-env-config", "user_environment.yaml (core endpoints)"),
+        ("--id-mapping-config", "identity_mapping_config.json (core endpoints)"),
+    ):
+        files.add_argument(flag, type=Path, metavar="FILE", help=what)
+    policy.add_arguments(c)
 
 
 def _stop_timeout(p: argparse.ArgumentParser) -> None:
@@ -434,7 +491,7 @@ def _add_other(sub: Any) -> None:
     comp.add_argument("shell", choices=sorted(completion.SHELLS))
 
 
-# ---- manager endpoints: render-user-config, and the hidden user endpoint entry point ----------
+# ---- core endpoints: render-user-config, and the hidden user endpoint entry point -------------
 
 
 _RENDER_FILES = ("template", "user_options", "user_schema", "parent_config", "user_runtime")
@@ -480,7 +537,7 @@ def cmd_start_user_endpoint(args: argparse.Namespace) -> int:
     from endpoint.runtime import managed as user_endpoint
 
     if sys.stdin.isatty():
-        _err("Error: this command is started by a manager endpoint, with its launch document")
+        _err("Error: this command is started by a core endpoint, with its launch document")
         return EX_USAGE
     return user_endpoint.serve(0, args.status_fd)
 
@@ -490,16 +547,16 @@ def _add_manager_tools(sub: Any) -> None:
         sub,
         "render-user-config",
         cmd_render_user_config,
-        "render a manager's user endpoint template as a start command would (for debugging)",
+        "render a core endpoint's user endpoint template as a start command would (for debugging)",
     )
-    r.add_argument("-e", "--endpoint", metavar="NAME_OR_UUID", help="a manager endpoint")
+    r.add_argument("-e", "--endpoint", metavar="NAME_OR_UUID", help="a core endpoint")
     r.add_argument("-t", "--template", metavar="FILE", help="a template (default: -e's)")
     r.add_argument("-o", "--user-options", metavar="FILE", help="user_endpoint_config (JSON)")
     r.add_argument("-s", "--user-schema", metavar="FILE", help="a JSON schema (default: -e's)")
     r.add_argument("--parent-config", metavar="FILE", help="_GC.parent_config (YAML)")
     r.add_argument("--user-runtime", metavar="FILE", help="_GC.user_runtime (JSON)")
     r.add_argument("--mapped-identity", metavar="FILE", help="_GC.mapped_identity (JSON)")
-    # Hidden (no help): what a manager runs; reads its launch document on stdin.
+    # Hidden (no help): what a core endpoint runs; reads its launch document on stdin.
     h = sub.add_parser("_start-user-endpoint", parents=[_common()])
     h.add_argument("name", nargs="?", metavar="NAME")
     h.add_argument("--status-fd", type=int, default=None)
@@ -551,6 +608,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.config_dir:
         _use_config_dir(args.config_dir)
     logs.configure(debug=args.debug, console_level=None if args.debug else logging.WARNING)
+    for warning in legacy_env.adopt(os.environ):
+        _err(f"Warning: {warning}")
     func: Command = args.func
     try:
         return func(args)

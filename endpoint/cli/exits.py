@@ -47,8 +47,13 @@ exit codes:
 
 environment:
   {USER_DIR_ENV}   the config dir (default ~/.globus_compute; -c wins)
-  GLOBUS_COMPUTE_ENDPOINT_DIR   the endpoint dir used when no NAME is given
+  GLOBUS_COMPUTE_ENDPOINT_DIR   the endpoint dir used when no NAME is given; in a user
+       endpoint of a core endpoint, its dir unless paths.endpoint_dir says otherwise
+  GLOBUS_COMPUTE_LOG_PATH   the log file unless paths.endpoint_log says otherwise
   GLOBUS_COMPUTE_CLIENT_ID, GLOBUS_COMPUTE_CLIENT_SECRET   log in as a client, not a user
+       (FUNCX_SDK_CLIENT_ID/_SECRET: deprecated names, still accepted)
+  a running endpoint sets GLOBUS_COMPUTE_ENDPOINT_NAME, _ENDPOINT_DIR and _LOG_PATH for
+  endpoint_setup and its workers
 """
 
 #: Checked in order: the first class that matches decides the exit code.

@@ -158,6 +158,11 @@ class _Shims:
         return self._family_attr(name, _PARSL_FAMILIES[family], attr)
 
     def _gc_attr(self, name: str, attr: str) -> Any:
+        if attr == "ManagerEndpointConfig":
+            # Renamed in 4.18 ("manager endpoint" became "core endpoint"); both still load.
+            log.warning(
+                "%s: ManagerEndpointConfig is deprecated; use CoreEndpointConfig", self.filename
+            )
         if attr in _GC_NAMES:
             kind, recorded = _GC_NAMES[attr]
             return _Recorder(kind, recorded, self.filename, None)
@@ -282,7 +287,8 @@ class _Converter:
         if not isinstance(config, _Call) or config.kind != "config":
             raise ConfigError(
                 f"{self.filename}: `config` must be Config(...), UserEndpointConfig(...) or"
-                f" ManagerEndpointConfig(...), got {type(config).__name__}"
+                f" CoreEndpointConfig(...) (ManagerEndpointConfig before 4.18), got"
+                f" {type(config).__name__}"
             )
         kwargs = dict(config.kwargs)
         executors = kwargs.pop("executors", None)

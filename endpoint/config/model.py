@@ -97,7 +97,11 @@ class BaseConfig(BaseModel):
     heartbeat_period: float = 30.0
     environment: str | None = None
     local_compute_services: bool = False
+    # DEBUG-level logs, as `--debug` (either one turns them on).
     debug: bool = False
+    # Listed for every user in the web UI's search; it grants no access. The official endpoint
+    # accepts it on every kind since all of its endpoints became core endpoints (4.18).
+    public: bool = False
 
     @field_validator("display_name")
     @classmethod
@@ -225,8 +229,7 @@ class PamConfig(BaseModel):
 class ManagerConfig(BaseConfig):
     """A manager: starts a user endpoint per user configuration (features.md §2.4)."""
 
-    # Visibility in the web UI only; it grants no access.
-    public: bool = False
+    # Required (start refuses without it) when run as root: shown to users as the contact.
     email: str | None = None
     identity_mapping_config_path: Path | None = None
     # None: the files beside config.yaml.

@@ -40,14 +40,14 @@ TOP_LEVEL: dict[str, str] = {
 
 #: Keys of a manager config (`ManagerConfig`) found in a user endpoint config.
 MANAGER_ONLY = (
-    "only valid in a manager config (a config.yaml without engine:); a user endpoint (one with"
-    " engine:) cannot use it"
+    "only valid in a manager config (a core endpoint's: a config.yaml without engine:); a user"
+    " endpoint (one with engine:) cannot use it"
 )
 
 #: Keys of a user endpoint config found in a document without ``engine:``.
 USER_ONLY = (
     "only valid in a user endpoint config; this file has no engine: block, so it is read as a"
-    " manager config (add engine: {type: ...} if it should run tasks)"
+    " manager (core endpoint) config (add engine: {type: ...} if it should run tasks)"
 )
 
 #: Keys of any engine that mean something else now.

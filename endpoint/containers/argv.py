@@ -4,7 +4,8 @@ One builder per command-line family:
 
 docker, podman, podman-hpc
     ``PROGRAM run --rm [-i --log-driver D] [--network host] [--user UID:GID] -v RUN_DIR:RUN_DIR
-    -w RUN_DIR [--label K=V]... [-e NAME]... OPTIONS... IMAGE COMMAND...``. Never ``-t``:
+    [-v DIR:DIR:ro]... -w RUN_DIR [--label K=V]... [-e NAME]... OPTIONS... IMAGE COMMAND...``
+    (``DIR``: what the endpoint lends its workers, under the run dir). Never ``-t``:
     workers run inside batch jobs and pipes, where a TTY only mangles output. ``--network
     host`` is added unless the options choose a network, because Parsl workers must reach the
     interchange on the endpoint host. docker alone gets ``--user`` (the endpoint's ids, unless
@@ -13,7 +14,8 @@ docker, podman, podman-hpc
     container's root (and ``--user`` would map it away). The user's options come after ours so
     that theirs win.
 apptainer, singularity
-    ``PROGRAM exec --bind RUN_DIR:RUN_DIR --pwd RUN_DIR OPTIONS... IMAGE COMMAND...``. ``exec``
+    ``PROGRAM exec --bind RUN_DIR:RUN_DIR [--bind DIR:DIR:ro]... --pwd RUN_DIR OPTIONS... IMAGE
+    COMMAND...``. ``exec``
     rather than ``run``: ``run`` hands the command to the image's runscript as arguments.
     Apptainer never allocates a TTY for ``exec`` and passes the host environment through.
 custom
@@ -89,13 +91,26 @@ def escape_braces(text: str, format_passes: int = 1) -> str:
 
 
 def _mount(ctx: LaunchContext) -> str:
-    if ":" in ctx.run_dir or "," in ctx.run_dir:
+    return _same_path(ctx.run_dir)
+
+
+def _same_path(path: str, suffix: str = "") -> str:
+    if ":" in path or "," in path:
         # Both runtimes split volume specs on these characters; a bind would silently break.
         raise ConfigError(
-            f"the endpoint directory {ctx.run_dir!r} cannot be mounted into a container"
+            f"the endpoint directory {path!r} cannot be mounted into a container"
             " (it contains ':' or ','); move the endpoint directory"
         )
-    return f"{ctx.run_dir}:{ctx.run_dir}"
+    return f"{path}:{path}{suffix}"
+
+
+def _read_only(ctx: LaunchContext, flag: str) -> list[str]:
+    """``flag PATH:PATH:ro`` for each read-only directory, after the run dir's own mount
+    (docker and podman mount the deeper path over it; apptainer binds in order)."""
+    words = []
+    for path in ctx.read_only:
+        words += [flag, _same_path(path, ":ro")]
+    return words
 
 
 def _names_network(options: Sequence[str]) -> bool:
@@ -123,7 +138,7 @@ def _docker_argv(spec: ContainerSpec, ctx: LaunchContext, command: Sequence[str]
         argv += ["--network", "host"]
     if spec.runtime == "docker" and ctx.user and not _names_user(spec.options):
         argv += ["--user", ctx.user]
-    argv += ["-v", _mount(ctx), "-w", ctx.run_dir]
+    argv += ["-v", _mount(ctx), *_read_only(ctx, "-v"), "-w", ctx.run_dir]
     for key, value in sorted(ctx.labels.items()):
         argv += ["--label", f"{key}={value}"]
     for name in ctx.forwarded():
@@ -135,7 +150,8 @@ def _apptainer_argv(spec: ContainerSpec, ctx: LaunchContext, command: Sequence[s
     if not spec.image:
         raise ConfigError(f"container_type {spec.runtime} needs container_uri (the image)")
     image = check_image(spec.image)
-    argv = [spec.program, "exec", "--bind", _mount(ctx), "--pwd", ctx.run_dir]
+    argv = [spec.program, "exec", "--bind", _mount(ctx), *_read_only(ctx, "--bind")]
+    argv += ["--pwd", ctx.run_dir]
     return [*argv, *spec.options, image, *command]
 
 

@@ -43,6 +43,9 @@ _APPTAINER_SCHEMES = ("docker://", "docker-daemon://", "library://", "oras://", 
 class ContainerClient(Protocol):
     def image_present(self, image: str) -> bool: ...
 
+    def image_id(self, image: str) -> str | None:
+        """What identifies the image's content here (None: nothing does), for caches."""
+
     def pull(self, image: str) -> None:
         """Fetch the image or raise `ImageNotFound` saying why not."""
 
@@ -95,6 +98,15 @@ class DockerClient:
         except docker.errors.DockerException as e:
             raise ContainerRuntimeMissing(f"docker cannot look up image {image!r}: {e}") from e
         return True
+
+    def image_id(self, image: str) -> str | None:
+        import docker
+
+        try:
+            found: str = self._client().images.get(image).id
+        except docker.errors.DockerException:
+            return None
+        return found
 
     def pull(self, image: str) -> None:
         import docker
@@ -167,6 +179,11 @@ class PodmanClient:
             f"{self.program} cannot look up image {image!r}: {_tail(done.stderr)}"
         )
 
+    def image_id(self, image: str) -> str | None:
+        done = self._run("image", "inspect", "--format", "{{.Id}}", image)
+        found = done.stdout.strip()
+        return found if done.returncode == 0 and found else None
+
     def pull(self, image: str) -> None:
         try:
             done = self._run("pull", "-q", image, timeout=PULL_TIMEOUT_S)
@@ -203,6 +220,13 @@ class FileImageClient:
     def image_present(self, image: str) -> bool:
         return image.startswith(_APPTAINER_SCHEMES) or os.path.exists(image)
 
+    def image_id(self, image: str) -> str | None:
+        try:
+            st = os.stat(image)
+        except OSError:
+            return None  # a URI: the runtime's cache decides what it resolves to
+        return f"{os.path.realpath(image)}:{st.st_size}:{st.st_mtime_ns}"
+
     def pull(self, image: str) -> None:
         raise ImageNotFound(
             f"{self.program} image {image!r} does not exist; give the path of a .sif file or"
@@ -218,6 +242,9 @@ class NullClient:
 
     def image_present(self, image: str) -> bool:
         return True
+
+    def image_id(self, image: str) -> str | None:
+        return None
 
     def pull(self, image: str) -> None:
         return None

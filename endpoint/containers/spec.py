@@ -71,6 +71,10 @@ class LaunchContext:
     labels: dict[str, str] = field(default_factory=dict)
     #: Names of host environment variables to pass through when set.
     forward_env: tuple[str, ...] = FORWARDED_ENV
+    #: Directories under ``run_dir`` mounted again, read-only, at the same path: what the
+    #: endpoint lends its workers (`endpoint.containers.overlay`), which a task must not be
+    #: able to change for the tasks and pools after it.
+    read_only: tuple[str, ...] = ()
     #: ``uid:gid`` docker runs the worker as: the endpoint's own, so the worker can use the
     #: endpoint directory (0700) and leaves files the endpoint can remove. None: the image's.
     user: str | None = field(default_factory=lambda: f"{os.getuid()}:{os.getgid()}")

@@ -16,6 +16,7 @@ import sys
 from importlib import metadata
 from typing import Any
 
+import endpoint
 from endpoint.protocol.results import SDK_PROTOCOL_VERSION
 
 PACKAGE = "container-compute-endpoint"
@@ -39,7 +40,9 @@ def local_versions() -> dict[str, str]:
     return {
         "python": f"{sys.version_info.major}.{sys.version_info.minor}",
         "python_full": sys.version.split()[0],
-        "endpoint": _dist_version(PACKAGE),
+        # The package's own attribute, not its distribution's metadata: a worker running
+        # from the endpoint's overlay (`endpoint.containers.overlay`) has no metadata.
+        "endpoint": endpoint.__version__,
         "protocol": SDK_PROTOCOL_VERSION,
         "dill": _dist_version("dill"),
         "parsl": _dist_version("parsl"),
@@ -55,8 +58,14 @@ def probe(_buffer: bytes = b"", *_args: Any, **_kwargs: Any) -> dict[str, str]:
 PROBE = f"{__name__}.probe"
 
 
-def mismatch(ours: dict[str, str], theirs: Any, keys: tuple[str, ...], where: str) -> str | None:
-    """Why the worker in ``where`` cannot serve this endpoint, or None when it can."""
+def mismatch(
+    ours: dict[str, str], theirs: Any, keys: tuple[str, ...], where: str, *, lent: bool = False
+) -> str | None:
+    """Why the worker in ``where`` cannot serve this endpoint, or None when it can.
+
+    ``lent``: the endpoint lends the worker its code, Parsl and dill (the overlay), so the
+    image itself only has to bring the Python.
+    """
     if not isinstance(theirs, dict):
         return f"The worker in {where} sent an unreadable version report: {theirs!r}"
     differences = [
@@ -66,9 +75,27 @@ def mismatch(ours: dict[str, str], theirs: Any, keys: tuple[str, ...], where: st
     ]
     if not differences:
         return None
+    head = f"The worker in {where} does not match this endpoint: {'; '.join(differences)}."
+    if lent and str(theirs.get("python")) != str(ours.get("python")):
+        return f"{head} {python_advice(ours.get('python'))}"
+    if lent:
+        return (
+            f"{head} The worker imported other copies than the ones the endpoint lends it"
+            " through its run dir: does the image change sys.path at startup (a"
+            " sitecustomize module or a .pth file)?"
+        )
     return (
-        f"The worker in {where} does not match this endpoint: {'; '.join(differences)}."
-        f" Build the image with Python {ours.get('python')} and {PACKAGE}=={ours.get('endpoint')}"
+        f"{head} Build the image with Python {ours.get('python')} and"
+        f" {PACKAGE}=={ours.get('endpoint')}"
         f" (dill=={ours.get('dill')}, parsl=={ours.get('parsl')}), for example FROM the"
         " endpoint's worker image."
+    )
+
+
+def python_advice(python: str | None) -> str:
+    """What to do about an image whose Python is not the endpoint's."""
+    return (
+        f"Use an image with Python {python} as its python3 (functions and results travel as"
+        " dill pickles, which only the same Python minor version reads); the endpoint lends"
+        " the worker its own code, Parsl and dill, so the image needs nothing else of ours."
     )

@@ -9,9 +9,11 @@ with one ``WorkerLost`` error Result listing every attempt; tasks merely queued 
 requeued without losing an attempt, and the other workers carry on untouched. (Python's
 ``ProcessPoolExecutor`` instead breaks the whole pool and fails every outstanding task.)
 
-Throughput: a worker gets its next task while it still runs the current one when that task
-is small, so workers never wait a round trip for work; the dispatcher only touches the wake-up
-pipe when it is actually asleep.
+Scheduling: a worker gets a task only when it is idle, so the first free worker takes the
+next queued task, as with ``concurrent.futures`` and Parsl. Nothing is prefetched onto a busy
+worker: a task sent to a socket cannot be taken back, and one parked behind a long task would
+wait that task out while other workers sat idle. The price is one local round trip (result in,
+next task out) per task; the dispatcher only touches the wake-up pipe when it is asleep.
 
 Containers: with ``container_type`` (and ``container_uri``) every worker process runs in its
 own container of that image (`endpoint.engines.process_launch`); the pool then checks at
@@ -60,9 +62,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# A task small enough to sit in the socket buffer while its worker is busy; bigger ones wait
-# for an idle worker so a send can never block on a worker that is not reading.
-PREFETCH_MAX_BYTES = 32 * 1024
 # Workers that die before saying hello this many times in a row mean something is wrong with
 # the environment (not with a task): stop respawning instead of looping.
 MAX_STARTUP_FAILURES = 3
@@ -84,7 +83,7 @@ class _Worker:
         self.proc = proc
         self.conn = conn
         self.pidfd = _pidfd_open(proc.pid)
-        self.jobs: deque[_Job] = deque()  # sent and unanswered; the head is the running one
+        self.jobs: deque[_Job] = deque()  # sent and unanswered: the running one, if any
         self.sent = 0
         self.ready = False
         self.dead = False
@@ -324,27 +323,30 @@ class ProcessPoolEngine(PoolEngine):
         return True
 
     def _plan_sends(self) -> list[tuple[_Worker, _Job]]:
-        """Move queued jobs onto workers (lock held): idle workers first, then prefetch."""
+        """Move queued jobs onto idle workers, in queue order (lock held)."""
         sends: list[tuple[_Worker, _Job]] = []
-        for prefetch in (False, True):
-            for worker in self._workers:
-                if not self._queue:
-                    return sends
-                if self._has_room(worker, prefetch):
-                    job = self._queue.popleft()
-                    worker.jobs.append(job)
-                    worker.sent += 1
-                    sends.append((worker, job))
+        for worker in self._workers:
+            if not self._queue:
+                break
+            job = self._take_for(worker)
+            if job is not None:
+                sends.append((worker, job))
         return sends
 
-    def _has_room(self, worker: _Worker, prefetch: bool) -> bool:
-        if not worker.ready or worker.dead:
+    def _take_for(self, worker: _Worker) -> _Job | None:
+        """The next queued job, now assigned to ``worker``, if it is idle (lock held)."""
+        if self._stop_now or not self._queue or not self._is_idle(worker):
+            return None
+        job = self._queue.popleft()
+        worker.jobs.append(job)
+        worker.sent += 1
+        return job
+
+    def _is_idle(self, worker: _Worker) -> bool:
+        # Only an idle worker gets a task (see the module docstring): never queue behind one.
+        if not worker.ready or worker.dead or worker.jobs:
             return False
-        if self.max_tasks_per_child is not None and worker.sent >= self.max_tasks_per_child:
-            return False
-        if not prefetch:
-            return not worker.jobs
-        return len(worker.jobs) == 1 and len(self._queue[0].task.packed_task) <= PREFETCH_MAX_BYTES
+        return self.max_tasks_per_child is None or worker.sent < self.max_tasks_per_child
 
     def _drained(self) -> bool:
         return not self._queue and not any(w.jobs for w in self._workers)
@@ -396,6 +398,10 @@ class ProcessPoolEngine(PoolEngine):
             return
         with self._lock:
             job = worker.jobs.popleft() if worker.jobs else None
+            # Refill before delivering: the worker should not wait on the result callback.
+            refill = None if job is None else self._take_for(worker)
+        if refill is not None:
+            self._send(worker, refill)
         if job is None:
             log.error("%s: worker %s sent a result nobody asked for", self.label, worker.proc.pid)
             return

@@ -66,7 +66,14 @@ GOODBYE_WAIT_S = 5.0
 PIPE_SIZE = 1 << 20
 _F_SETPIPE_SZ = 1031
 #: Variables of the manager's own environment never handed to user code.
-_SCRUBBED = ("GLOBUS_COMPUTE_CLIENT_SECRET",)
+# Secrets, and the manager's own directory and log (they would make every user endpoint use
+# them); user_environment.yaml may still set the latter two per user.
+_SCRUBBED = (
+    "GLOBUS_COMPUTE_CLIENT_SECRET",
+    "FUNCX_SDK_CLIENT_SECRET",
+    "GLOBUS_COMPUTE_ENDPOINT_DIR",
+    "GLOBUS_COMPUTE_LOG_PATH",
+)
 
 
 @dataclass

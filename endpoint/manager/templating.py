@@ -20,6 +20,9 @@ not trusted with the manager's YAML, so:
   them, so a value containing those is refused there instead of rendered;
 * rendering is sandboxed (no attribute access to Python internals) with strict undefined
   variables, so a missing option is an error naming it, not an empty string.
+* `user_python_environment(_GC.user_runtime, requirements, worker_init)` gives the default
+  template's ``worker_init``: the submitter's Python environment (`userenv`), their values
+  packed into one base64 word rather than spliced into shell text.
 
 The result must be a user endpoint config (it has ``engine``) and may not set
 ``high_assurance`` (that is the manager's to decide).
@@ -48,7 +51,8 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from endpoint.config import EndpointConfig
 from endpoint.config.rendered import validate_rendered
-from endpoint.errors import TemplateError, UserOptionsInvalid
+from endpoint.errors import TemplateError, UserEnvError, UserOptionsInvalid
+from endpoint.manager import userenv
 
 log = logging.getLogger(__name__)
 
@@ -255,6 +259,48 @@ def shell_escape(value: Any) -> Any:
     return text
 
 
+def _raw(value: Any) -> Any:
+    """A value as the submitter sent it: the template sees strings JSON-encoded (above)."""
+    if isinstance(value, JsonDict | JsonList):
+        return json.loads(value.text)
+    if isinstance(value, jinja2.Undefined):
+        return None
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value  # a template literal
+    return value
+
+
+def _lines(value: Any, what: str) -> str | None:
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return "\n".join(value)  # a list of requirement lines reads as the file would
+    if value is None or isinstance(value, str):
+        return value
+    raise UserOptionsInvalid(f"user_endpoint_config: {what} must be a string")
+
+
+def user_python_environment(runtime: Any, requirements: Any = None, worker_init: Any = None) -> str:
+    """The `user_python_environment(...)` template function: a ``worker_init`` value that
+    runs the workers in a uv environment matching the submitter (`endpoint.manager.userenv`),
+    followed by the submitter's own ``worker_init``. Rendered as one YAML scalar."""
+    # `_GC.user_runtime` (escaped like the options), a plain mapping, or nothing usable.
+    if isinstance(runtime, JsonDict):
+        raw_runtime = json.loads(runtime.text)
+    else:
+        raw_runtime = runtime if isinstance(runtime, dict) else {}
+    try:
+        script = userenv.worker_init_script(
+            raw_runtime,
+            _lines(_raw(requirements), "requirements"),
+            _lines(_raw(worker_init), "worker_init"),
+        )
+    except UserEnvError as e:
+        raise UserOptionsInvalid(f"user_endpoint_config: {e}") from None
+    return yaml_json(script)
+
+
 def _check_shell_escapes(emitted: list[tuple[str, str]], rendered: str, data: Any) -> None:
     scalars = list(_strings(data))
     for quoted, text in emitted:
@@ -285,6 +331,7 @@ def _environment(template_dir: str | None) -> SandboxedEnvironment:
         undefined=jinja2.StrictUndefined, loader=loader, keep_trailing_newline=True
     )
     env.filters["shell_escape"] = shell_escape
+    env.globals["user_python_environment"] = user_python_environment
     return env
 
 

@@ -28,7 +28,7 @@ from endpoint.config import EndpointConfig
 from endpoint.config.rendered import validate_rendered
 from endpoint.errors import AlreadyRunning, EndpointError, ProtocolError, SetupFailed
 from endpoint.host import hooks, logs
-from endpoint.host.dirs import user_dir
+from endpoint.host.dirs import export_paths, run_paths, user_dir
 from endpoint.host.files import open_log
 from endpoint.host.pidlock import PidLock
 from endpoint.protocol.pipe import LaunchDoc, StatusPipe
@@ -85,12 +85,15 @@ def _take_lock(ep_dir: Path) -> PidLock:
 
 
 def _open_dir(doc: LaunchDoc) -> tuple[Path, EndpointConfig]:
-    base = user_dir()
     cfg = validate_rendered(doc.config)
-    ep_dir = cfg.paths.endpoint_dir or base / doc.name
+    # paths.* > $GLOBUS_COMPUTE_ENDPOINT_DIR / _LOG_PATH (user_environment.yaml) > defaults
+    found = run_paths(
+        user_dir() / doc.name, cfg.paths.endpoint_dir, cfg.paths.endpoint_log, os.environ
+    )
+    ep_dir, log_path = found.ep_dir, found.log
     ep_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    log_path = cfg.paths.endpoint_log or ep_dir / "endpoint.log"
     log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _restore = export_paths(doc.name, ep_dir, log_path, os.environ)  # kept: this process is it
     _redirect_output(log_path)
     logs.configure(debug=cfg.debug, log_file=log_path, console=False)
     log.info("========== user endpoint %s (%s) starting", doc.endpoint_id, doc.name)

@@ -29,6 +29,8 @@ POOL_MODULE = "parsl.executors.high_throughput.process_worker_pool"
 EXIT_MISMATCH = 3
 #: The distribution holding only the worker side (worker-package/, `make worker-wheel`).
 WORKER_DIST = "compute-endpoint-worker"
+#: Set by a per-user environment's activation: the Python minor it was built for.
+WORKER_PYTHON_ENV = "COMPUTE_ENDPOINT_WORKER_PYTHON"
 
 #: Run by the chosen Python (argv: Python minor, Parsl, dill, endpoint version); prints a JSON
 #: list of [what, problem] with what in python, parsl, dill, package. Written for old Pythons
@@ -142,6 +144,11 @@ def main(argv: list[str]) -> int:
         print("usage: python -m endpoint.worker.launch PY PARSL DILL POOL_ARGS...", file=sys.stderr)
         return 2
     want, pool_args = argv[1:4], argv[4:]
+    # A per-user environment (endpoint.manager.userenv) is built for its submitter's Python
+    # minor on purpose and says so: its Python is checked against that one instead.
+    declared = os.environ.get(WORKER_PYTHON_ENV, "")
+    if declared.count(".") == 1 and declared.replace(".", "").isdigit():
+        want[0] = declared
     python = chosen_python()
     # Compare folders, not interpreters: a venv's python is often a symlink to the same base
     # interpreter as the endpoint's, yet its folder (pyvenv.cfg) makes it another environment.

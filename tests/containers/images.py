@@ -243,6 +243,11 @@ def load_into_podman(images: Sequence[str]) -> None:
     """Copy images podman does not have yet from docker (one archive, shared layers once)."""
     ensure_podman()
     prune_other_tags("podman", images[0].rpartition(":")[2])
+    copy_missing_to_podman(images)
+
+
+def copy_missing_to_podman(images: Sequence[str]) -> None:
+    """Copy the images podman lacks from docker, pruning nothing."""
     missing = [image for image in images if not _ok(["podman", "image", "exists", image])]
     if not missing:
         return

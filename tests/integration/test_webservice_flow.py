@@ -241,6 +241,26 @@ def test_submit_to_a_single_user_endpoint_publishes_tasks_to_its_queue(
         assert body == pack(Task(task_id=tid, task_buffer=buffer))
 
 
+def test_user_endpoint_config_sent_to_a_single_user_endpoint_is_warned_about_not_refused(
+    api: ApiClient, endpoints: Endpoints, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only a core endpoint renders options into a user endpoint: a single-user endpoint runs
+    the tasks as they are, and the service's log says the options were ignored."""
+    fake = endpoints(api.register_endpoint())
+    fid = api.register_function(CODE)
+    with caplog.at_level("WARNING", logger="webservice.dispatch"):
+        resp = api.submit(
+            fake.endpoint_id, {fid: [PAYLOAD]}, user_endpoint_config={"worker_init": "x"}
+        )
+    assert resp.status_code == 200, resp.text
+    warned = [r.getMessage() for r in caplog.records if r.name == "webservice.dispatch"]
+    assert any(
+        fake.endpoint_id in m and "single-user" in m and "['worker_init']" in m for m in warned
+    ), warned
+    _method, _props, body = fake.get_task()
+    assert unpack_as(body, Task).task_id == resp.json()["tasks"][fid][0]
+
+
 def test_absent_resource_specification_is_the_string_null(
     api: ApiClient, endpoints: Endpoints
 ) -> None:

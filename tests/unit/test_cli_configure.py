@@ -86,17 +86,19 @@ def test_multi_user_writes_a_manager_and_its_template_files(
     cfg, _, _ = load_endpoint_dir(ep)
     assert isinstance(cfg, ManagerConfig) and cfg.email == "ops@example.org"
     schema = json.loads((ep / "user_config_schema.json").read_text())
-    assert set(schema["properties"]) == {"endpoint_setup", "worker_init"}
+    assert {"endpoint_setup", "worker_init", "requirements"} <= set(schema["properties"])
     template = (ep / "user_config_template.yaml.j2").read_text()
     assert "type: GlobusComputeEngine" in template and "type: LocalProvider" in template
 
 
 def test_the_default_template_renders_to_a_valid_user_config(user_dir: Path) -> None:
-    import jinja2
-
     from endpoint.config import load_config_text
+    from endpoint.manager import defaults, templating
 
-    rendered = jinja2.Template(configure.USER_TEMPLATE).render(worker_init='"module load x"')
+    # As a manager renders it (the template calls user_python_environment(...)).
+    source = templating.TemplateSource(defaults.USER_TEMPLATE)
+    reserved = templating.Reserved(templating.local_runtime(), {}, {}, {})
+    rendered = templating.render_text(source, {"worker_init": "module load x"}, reserved)
     cfg = load_config_text(rendered)
     assert isinstance(cfg, EndpointConfig)
     assert cfg.engine.type == "GlobusComputeEngine" and cfg.idle_heartbeats_soft == 10
@@ -106,7 +108,7 @@ def test_as_root_multi_user_adds_an_identity_mapping_example(
     user_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(configure, "is_privileged", lambda: True)
-    assert main(["configure", "--multi-user=true", "root-mep"]) == 0
+    assert main(["configure", "--multi-user=true", "root-mep", "--contact-email", "a@b.org"]) == 0
     ep = user_dir / "root-mep"
     mapping = ep / "example_identity_mapping_config.json"
     assert json.loads(mapping.read_text())[0]["DATA_TYPE"].startswith("expression_identity")
@@ -173,7 +175,10 @@ def test_check_config_catches_engine_options_the_engine_rejects(
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["version"]) == 0
-    assert capsys.readouterr().out.startswith("compute-endpoint ")
+    # The official format first (scripts parse it), then what actually runs.
+    first, second = capsys.readouterr().out.splitlines()
+    assert first == "Globus Compute endpoint version: 4.19.0"
+    assert second.startswith("container-compute-endpoint ")
 
 
 def test_help_documents_every_exit_code(capsys: pytest.CaptureFixture[str]) -> None:

@@ -310,7 +310,6 @@ def test_refusal_messages_say_what_to_use_instead(key: str, fragment: str) -> No
 @pytest.mark.parametrize(
     "line",
     [
-        "public: true",
         "email: a@b.c",
         "identity_mapping_config_path: /etc/idmap.json",
         "user_config_template_path: t.j2",

@@ -35,7 +35,7 @@ def test_renders_a_template_file_with_options_from_stdin(
 def test_uses_a_configured_managers_template_and_schema(
     user_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["configure", "--multi-user", "mgr"]) == 0
+    assert main(["configure", "--multi-user", "mgr", "--contact-email", "a@example.org"]) == 0
     ep = user_dir / "mgr"
     (ep / "user_config_template.yaml.j2").write_text(TEMPLATE)
     schema = {"type": "object", "properties": {"workers": {"type": "integer"}}}
@@ -107,7 +107,7 @@ def test_the_hidden_user_endpoint_command_refuses_a_terminal(
 
     monkeypatch.setattr("sys.stdin", Tty())
     assert main(["_start-user-endpoint", "uep.x"]) == EX_USAGE
-    assert "started by a manager endpoint" in capsys.readouterr().err
+    assert "started by a core endpoint" in capsys.readouterr().err
 
 
 def test_the_hidden_command_is_not_in_the_help(capsys: pytest.CaptureFixture[str]) -> None:

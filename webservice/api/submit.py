@@ -1,7 +1,13 @@
-"""`POST /v3/endpoints/{id}/submit`: the throughput hot path (see `dispatch.py`)."""
+"""`POST /v3/endpoints/{id}/submit`: the throughput hot path (see `dispatch.py`).
+
+Its body is capped before it is read (`edge.py`, `Limits.submit_body_bytes`) and refused as
+413 TASK_PAYLOAD_TOO_LARGE, like a submission over the limit found once parsed: the SDK
+raises either as a `GlobusAPIError` and does not retry it.
+"""
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from typing import Annotated
@@ -15,8 +21,16 @@ from webservice.security import CallerDep
 
 router = APIRouter()
 
+SUBMIT_PATH = "/v3/endpoints/{endpoint_id}/submit"
+_SUBMIT_PATH = re.compile(r"/v3/endpoints/[^/]+/submit")
 
-@router.post("/v3/endpoints/{endpoint_id}/submit")
+
+def is_submit_path(path: str) -> bool:
+    """Whether a request for ``path`` reaches the submit route (for the edge's body cap)."""
+    return _SUBMIT_PATH.fullmatch(path) is not None
+
+
+@router.post(SUBMIT_PATH)
 async def submit(
     endpoint_id: uuid.UUID,
     body: SubmitIn,

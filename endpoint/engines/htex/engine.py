@@ -167,6 +167,10 @@ class GlobusComputeEngine(WatcherMixin, TaskEngine):
         elif "launch_cmd" not in kwargs:
             worker_init = str(getattr(built_provider, "worker_init", "") or "")
             executor.launch_cmd = htex_config.worker_launch_cmd(executor.launch_cmd, worker_init)
+            if worker_init.strip():
+                # endpoint.worker.launch checks the worker's Python minor, Parsl and dill
+                # itself, and lets a per-user environment run its submitter's Python minor.
+                executor._check_python_mismatch = False
         if "interchange_launch_cmd" not in kwargs:
             executor.interchange_launch_cmd = htex_config.interchange_launch_cmd()
         if own_handler:
