@@ -42,7 +42,8 @@ def test_oci_labels_carry_the_package_version_source_and_revision(
     assert found[f"{OCI}.base.name"] == "debian:bookworm-slim"
     assert found[f"{OCI}.source"] and found[f"{OCI}.revision"]
     # The label is the package's own idea of its version, not a separate number.
-    reported = run_rm(images.worker, "compute-endpoint", "version").split()[1]
+    # `version` prints the official format first, then this package and its version.
+    reported = run_rm(images.worker, "compute-endpoint", "version").splitlines()[-1].split()[-1]
     assert found[f"{OCI}.version"] == reported == images.version
 
 
