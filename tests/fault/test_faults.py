@@ -376,6 +376,9 @@ def test_case05_killed_interchange_fails_its_tasks_and_the_engine_restarts(
 
 
 def _block_processes(ep_dir: str) -> list[int]:
+    """The endpoint's worker pools and everything under them (their spawned workers and
+    multiprocessing's resource tracker): a batch system ends a whole job, and killing only
+    the pool would leave those behind as orphans."""
     import psutil
 
     found = []
@@ -383,6 +386,8 @@ def _block_processes(ep_dir: str) -> list[int]:
         cmdline = " ".join(proc.info["cmdline"] or [])
         if "process_worker_pool" in cmdline and ep_dir in cmdline:
             found.append(proc.pid)
+            with contextlib.suppress(psutil.Error):
+                found += [child.pid for child in proc.children(recursive=True)]
     return found
 
 
