@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
+from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import uvicorn
@@ -22,6 +24,23 @@ from webservice.scopes import COMPUTE_SCOPE
 from webservice.server import uvicorn_config
 from webservice.settings import Settings
 from webservice.store import Store
+
+if TYPE_CHECKING:
+    from webservice.broker import PrivateRabbit
+
+
+def service_settings(rabbit: PrivateRabbit, db_path: Path | str, **overrides: Any) -> Settings:
+    """Settings for a test web service on `rabbit`: its own database, the broker's management
+    API (the service makes a broker account per principal) and a task-group queue prefix that
+    no other test module shares."""
+    fields: dict[str, Any] = {
+        "amqp_url": rabbit.url,
+        "broker_admin_url": rabbit.admin_url,
+        "db_path": str(db_path),
+        "queue_prefix": f"tg.{uuid.uuid4().hex[:8]}.",
+        **overrides,
+    }
+    return Settings(**fields)
 
 
 class ServiceStartError(RuntimeError):

@@ -26,10 +26,9 @@ import pika.exceptions
 import pytest
 from pika.adapters.blocking_connection import BlockingChannel
 
-from devstack.testing import ApiClient, ServiceThread
+from devstack.testing import ApiClient, ServiceThread, service_settings
 from endpoint.protocol.messages import EPStatusReport, Result, pack
 from webservice.broker import PrivateRabbit
-from webservice.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -99,12 +98,7 @@ def service(
     rabbit: PrivateRabbit, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceThread]:
     db = tmp_path_factory.mktemp("tenancy") / "ws.db"
-    settings = Settings(
-        amqp_url=rabbit.url,
-        broker_admin_url=rabbit.admin_url,
-        db_path=str(db),
-        queue_prefix=f"tg.{uuid.uuid4().hex[:6]}.",
-    )
+    settings = service_settings(rabbit, db)
     with ServiceThread(settings) as svc:
         yield svc
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,9 +16,8 @@ import pika
 import pika.exceptions
 import pytest
 
-from devstack.testing import ApiClient, ServiceThread
+from devstack.testing import ApiClient, ServiceThread, service_settings
 from webservice.broker import PrivateRabbit
-from webservice.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -32,12 +30,7 @@ def service(
     rabbit: PrivateRabbit, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceThread]:
     db = tmp_path_factory.mktemp("no-loss") / "ws.db"
-    settings = Settings(
-        amqp_url=rabbit.url,
-        broker_admin_url=rabbit.admin_url,
-        db_path=str(db),
-        queue_prefix=f"tg.{uuid.uuid4().hex[:6]}.",
-    )
+    settings = service_settings(rabbit, db)
     with ServiceThread(settings) as svc:
         yield svc
 

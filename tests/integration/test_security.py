@@ -22,7 +22,7 @@ import pytest
 from fastapi.routing import APIRoute
 from starlette.routing import BaseRoute
 
-from devstack.testing import ApiClient, ServiceThread
+from devstack.testing import ApiClient, ServiceThread, service_settings
 from endpoint.containers.argv import launch_argv, launch_template
 from endpoint.containers.spec import (
     LAUNCH_CMD_PLACEHOLDER,
@@ -86,15 +86,7 @@ def service(
     rabbit: PrivateRabbit, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceThread]:
     db = tmp_path_factory.mktemp("ws-sec") / "ws.db"
-    prefix = f"tg.{uuid.uuid4().hex[:8]}."
-    with ServiceThread(
-        Settings(
-            amqp_url=rabbit.url,
-            broker_admin_url=rabbit.admin_url,
-            db_path=str(db),
-            queue_prefix=prefix,
-        )
-    ) as svc:
+    with ServiceThread(service_settings(rabbit, db)) as svc:
         yield svc
 
 

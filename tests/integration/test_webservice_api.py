@@ -12,10 +12,9 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from devstack.testing import ApiClient, ServiceThread
+from devstack.testing import ApiClient, ServiceThread, service_settings
 from webservice.broker import PrivateRabbit
 from webservice.scopes import COMPUTE_SCOPE
-from webservice.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -27,15 +26,7 @@ def service(
     rabbit: PrivateRabbit, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceThread]:
     db = tmp_path_factory.mktemp("ws-api") / "ws.db"
-    prefix = f"tg.{uuid.uuid4().hex[:8]}."
-    with ServiceThread(
-        Settings(
-            amqp_url=rabbit.url,
-            broker_admin_url=rabbit.admin_url,
-            db_path=str(db),
-            queue_prefix=prefix,
-        )
-    ) as svc:
+    with ServiceThread(service_settings(rabbit, db)) as svc:
         yield svc
 
 

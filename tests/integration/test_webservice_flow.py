@@ -13,10 +13,9 @@ import pika
 import pytest
 from pika.adapters.blocking_connection import BlockingChannel
 
-from devstack.testing import ApiClient, ServiceThread
+from devstack.testing import ApiClient, ServiceThread, service_settings
 from endpoint.protocol.messages import EPStatusReport, Result, Task, pack, unpack_as
 from webservice.broker import PrivateRabbit
-from webservice.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -32,11 +31,9 @@ def service(
     rabbit: PrivateRabbit, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceThread]:
     db = tmp_path_factory.mktemp("ws-flow") / "ws.db"
-    settings = Settings(
-        amqp_url=rabbit.url,
-        broker_admin_url=rabbit.admin_url,
-        db_path=str(db),
-        queue_prefix=f"tg.{uuid.uuid4().hex[:8]}.",
+    settings = service_settings(
+        rabbit,
+        db,
         default_heartbeat_period_s=30,
         # Revive at once, so the revival test need not wait out the grace period.
         uep_restart_grace_s=0,

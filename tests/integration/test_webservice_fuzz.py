@@ -7,7 +7,6 @@ field). The schema comes from the app in-process: the service serves no /openapi
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,7 +14,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from devstack.testing import ApiClient, ServiceThread
+from devstack.testing import ApiClient, ServiceThread, service_settings
 from webservice.app import create_app
 from webservice.broker import PrivateRabbit
 from webservice.settings import Settings
@@ -36,11 +35,7 @@ def service(
     rabbit: PrivateRabbit, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceThread]:
     db = tmp_path_factory.mktemp("ws-fuzz") / "ws.db"
-    prefix = f"tg.{uuid.uuid4().hex[:8]}."
-    settings_ = Settings(
-        amqp_url=rabbit.url, broker_admin_url=rabbit.admin_url, db_path=str(db), queue_prefix=prefix
-    )
-    with ServiceThread(settings_) as svc:
+    with ServiceThread(service_settings(rabbit, db)) as svc:
         yield svc
 
 

@@ -13,7 +13,7 @@ import pika
 import pytest
 from pika.adapters.blocking_connection import BlockingChannel
 
-from devstack.testing import ApiClient, ServiceThread
+from devstack.testing import ApiClient, ServiceThread, service_settings
 from endpoint.protocol.messages import Result, pack
 from webservice.broker import PrivateRabbit
 from webservice.settings import Settings
@@ -68,12 +68,7 @@ def _result_route(api: ApiClient) -> dict[str, str]:
 def test_results_survive_a_restart_and_results_sent_while_down_are_not_lost(
     rabbit: PrivateRabbit, tmp_path: Path
 ) -> None:
-    settings = Settings(
-        amqp_url=rabbit.url,
-        broker_admin_url=rabbit.admin_url,
-        db_path=str(tmp_path / "ws.db"),
-        queue_prefix="tg.restart.",
-    )
+    settings = service_settings(rabbit, tmp_path / "ws.db", queue_prefix="tg.restart.")
     with ExitStack() as stack:
         with ServiceThread(settings) as svc, svc.new_identity() as api:
             reg = api.register_endpoint()

@@ -24,11 +24,11 @@ from urllib.parse import urlsplit
 import pika
 import pytest
 
-from devstack.testing import ApiClient, ServiceThread, fetch_token
+from devstack.testing import ApiClient, ServiceThread, fetch_token, service_settings
 from endpoint.protocol.messages import Result, Task, pack, unpack_as
 from webservice.broker import PrivateRabbit, free_port
 from webservice.server import port_is_free
-from webservice.settings import Settings
+from webservice.settings import DEFAULT_QUEUE_PREFIX
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -61,9 +61,8 @@ print(json.dumps({"fid": fid, "task_id": fut.task_id, "value": value,
 @pytest.fixture
 def sdk_service(rabbit: PrivateRabbit, tmp_path: Path) -> Iterator[ServiceThread]:
     port = SDK_PORT if port_is_free(SDK_PORT) else free_port()
-    settings = Settings(
-        amqp_url=rabbit.url, broker_admin_url=rabbit.admin_url, db_path=str(tmp_path / "ws.db")
-    )
+    # The service's default task-group queue prefix, as the SDK meets it.
+    settings = service_settings(rabbit, tmp_path / "ws.db", queue_prefix=DEFAULT_QUEUE_PREFIX)
     with ServiceThread(settings, host="localhost", port=port) as svc:
         yield svc
 
