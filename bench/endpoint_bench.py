@@ -63,8 +63,11 @@ def official_template(engine: str) -> str:
     return engine_block(engine) + "heartbeat_period: 30\nidle_heartbeats_soft: 0\n"
 
 
-def first_result_s(peer_python: str, stack: Stack, start: Callable[[], str]) -> tuple[str, float]:
-    """Run `start` (returns the endpoint id once online) and time it to the first result."""
+def first_result_at(
+    peer_python: str, stack: Stack, start: Callable[[], str]
+) -> tuple[str, float, float]:
+    """Run `start` (returns the endpoint id once online) with an SDK driver waiting for its
+    first result: (endpoint id, when `start` was called, when the first result came; unix)."""
     driver = subprocess.Popen(
         [peer_python, str(HERE / "sdk_driver.py"), "--first-result"],
         env=stack.client_env(stack.root / "sdk-user"),
@@ -81,7 +84,13 @@ def first_result_s(peer_python: str, stack: Stack, start: Callable[[], str]) -> 
     driver.stdin.flush()
     out = json.loads(driver.stdout.readline())
     driver.wait(timeout=60)
-    return endpoint_id, float(out["first_result_unix"]) - t0
+    return endpoint_id, t0, float(out["first_result_unix"])
+
+
+def first_result_s(peer_python: str, stack: Stack, start: Callable[[], str]) -> tuple[str, float]:
+    """Run `start` (returns the endpoint id once online) and time it to the first result."""
+    endpoint_id, t0, first = first_result_at(peer_python, stack, start)
+    return endpoint_id, first - t0
 
 
 def tree_rss_mb(pid: int) -> float:

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from bench.endpoint_bench import line
+from bench.endpoint_bench import first_result_at, line
 from devstack.stack import Stack
 from tests.hpc.conftest import cancel_jobs_under, jobs_under, official_url_env, slurm_problem
 from webservice.broker import free_port
@@ -181,22 +181,8 @@ def first_result_s(
     stack: SlurmStack, peer_python: str, proc_name: str, start: Callable[[], str]
 ) -> tuple[str, float]:
     """Start the endpoint; seconds from spawning its start command to the first result."""
-    driver = subprocess.Popen(
-        [peer_python, str(HERE / "sdk_driver.py"), "--first-result"],
-        env=stack.client_env(stack.root / "sdk-user"),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert driver.stdin is not None and driver.stdout is not None
-    if driver.stdout.readline().strip() != "ready":
-        sys.exit("SDK driver did not start")
-    endpoint_id = start()
-    driver.stdin.write(endpoint_id + "\n")
-    driver.stdin.flush()
-    out = json.loads(driver.stdout.readline())
-    driver.wait(timeout=60)
-    return endpoint_id, float(out["first_result_unix"]) - stack.spawned_at[proc_name]
+    endpoint_id, _called, first = first_result_at(peer_python, stack, start)
+    return endpoint_id, first - stack.spawned_at[proc_name]
 
 
 class Side:

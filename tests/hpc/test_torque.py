@@ -24,6 +24,7 @@ import pytest
 
 from tests.hpc.conftest import (
     NODES,
+    PARTITION,
     HpcStack,
     Job,
     JobWatch,
@@ -32,6 +33,7 @@ from tests.hpc.conftest import (
     slurm,
     wait_for,
 )
+from tests.hpc.test_slurm import config as slurm_config
 
 pytestmark = pytest.mark.hpc
 
@@ -59,29 +61,19 @@ def config(
     min_blocks: int = 0,
     max_blocks: int = 2,
 ) -> str:
-    """A Torque endpoint config for this cluster: SimpleLauncher (the default AprunLauncher
-    needs Cray's aprun), address 127.0.0.1 and a short strategy period (hpc.md)."""
-    return (
-        f"display_name: {name}\n"
-        "heartbeat_period: 5\n"
-        "engine:\n"
-        "  type: GlobusComputeEngine\n"
-        "  address: 127.0.0.1\n"
-        "  max_workers_per_node: 2\n"
-        "  job_status_kwargs:\n"
-        f"    max_idletime: {max_idletime}\n"
-        "    strategy_period: 0.5\n"
-        "  provider:\n"
-        "    type: TorqueProvider\n"
-        f"    init_blocks: {init_blocks}\n"
-        f"    min_blocks: {min_blocks}\n"
-        f"    max_blocks: {max_blocks}\n"
-        "    nodes_per_block: 1\n"
-        '    walltime: "00:10:00"\n'
-        "    cmd_timeout: 60\n"
-        "    launcher:\n"
-        "      type: SimpleLauncher\n"
+    """test_slurm's config with TorqueProvider: SimpleLauncher (the default AprunLauncher
+    needs Cray's aprun), and no partition or `exclusive` (Torque's provider has neither)."""
+    slurm = slurm_config(
+        name,
+        max_idletime=max_idletime,
+        init_blocks=init_blocks,
+        min_blocks=min_blocks,
+        max_blocks=max_blocks,
+        launcher="SimpleLauncher",
     )
+    slurm_only = f"    type: SlurmProvider\n    partition: {PARTITION}\n    exclusive: false\n"
+    assert slurm_only in slurm
+    return slurm.replace(slurm_only, "    type: TorqueProvider\n")
 
 
 WHERE = """

@@ -13,7 +13,8 @@ import shutil
 import site
 import sys
 import venv
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,9 @@ import pytest
 from endpoint.engines.build import build_engine_from_dict
 from endpoint.engines.htex.engine import GlobusComputeEngine
 from tests.unit.test_engines import EPID, Results, ok, submission
+
+#: An engine started by `worker_init_engines`, and where its results arrive.
+Started = tuple[GlobusComputeEngine, Results]
 
 pytestmark = pytest.mark.integration
 
@@ -57,11 +61,13 @@ def where() -> list[str]:
     return [only_here.WHERE, sys.prefix]
 
 
-@pytest.fixture
-def engine_with(tmp_path: Path) -> Iterator[Any]:
+@contextmanager
+def worker_init_engines(run_dir: Path) -> Iterator[Callable[[str], Started]]:
+    """Start GlobusComputeEngines on one LocalProvider block with a given worker_init; all
+    are shut down at the end."""
     started: list[GlobusComputeEngine] = []
 
-    def start(worker_init: str) -> tuple[GlobusComputeEngine, Results]:
+    def start(worker_init: str) -> Started:
         results = Results()
         provider = {
             "type": "LocalProvider",
@@ -74,13 +80,21 @@ def engine_with(tmp_path: Path) -> Iterator[Any]:
             {"type": "GlobusComputeEngine", **FAST, "provider": provider}
         )
         assert isinstance(engine, GlobusComputeEngine)
-        engine.start(endpoint_id=EPID, run_dir=tmp_path / "run", on_result=results)
+        engine.start(endpoint_id=EPID, run_dir=run_dir, on_result=results)
         started.append(engine)
         return engine, results
 
-    yield start
-    for engine in started:
-        engine.shutdown(wait=False)
+    try:
+        yield start
+    finally:
+        for engine in started:
+            engine.shutdown(wait=False)
+
+
+@pytest.fixture
+def engine_with(tmp_path: Path) -> Iterator[Callable[[str], Started]]:
+    with worker_init_engines(tmp_path / "run") as start:
+        yield start
 
 
 def test_tasks_run_in_the_environment_worker_init_activates(

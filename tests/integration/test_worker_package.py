@@ -19,10 +19,8 @@ from typing import Any
 import pytest
 
 import endpoint
-from endpoint.engines.build import build_engine_from_dict
-from endpoint.engines.htex.engine import GlobusComputeEngine
-from tests.integration.test_worker_init_env import FAST
-from tests.unit.test_engines import EPID, Results, ok, submission
+from tests.integration.test_worker_init_env import worker_init_engines
+from tests.unit.test_engines import ok, submission
 from tests.unit.test_worker_package import build_worker_wheel
 
 pytestmark = pytest.mark.integration
@@ -97,28 +95,8 @@ def engine_with(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any
     `python -m` puts it on sys.path, where the checkout's endpoint/ would stand in for the
     wheel's."""
     monkeypatch.chdir(tmp_path)
-    started: list[GlobusComputeEngine] = []
-
-    def start(worker_init: str) -> tuple[GlobusComputeEngine, Results]:
-        results = Results()
-        provider = {
-            "type": "LocalProvider",
-            "init_blocks": 1,
-            "min_blocks": 0,
-            "max_blocks": 1,
-            "worker_init": worker_init,
-        }
-        engine = build_engine_from_dict(
-            {"type": "GlobusComputeEngine", **FAST, "provider": provider}
-        )
-        assert isinstance(engine, GlobusComputeEngine)
-        engine.start(endpoint_id=EPID, run_dir=tmp_path / "run", on_result=results)
-        started.append(engine)
-        return engine, results
-
-    yield start
-    for engine in started:
-        engine.shutdown(wait=False)
+    with worker_init_engines(tmp_path / "run") as start:
+        yield start
 
 
 def test_the_worker_wheel_alone_lacks_the_service_side(worker_env: Path) -> None:
