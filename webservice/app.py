@@ -28,6 +28,7 @@ from webservice.settings import Settings
 from webservice.store import Store
 from webservice.throttle import AuthThrottle
 from webservice.topology import Names, Topology
+from webservice.ui import router as status_page_router
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     for router in ROUTERS:
         app.include_router(router)
+    app.include_router(status_page_router)
     app.add_middleware(EdgeGuard, limits=settings.limits)
     app.state.auth_throttle = AuthThrottle(
         settings.limits.free_auth_failures, settings.limits.max_auth_delay_s

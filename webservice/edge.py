@@ -45,6 +45,9 @@ FORM_PATHS = frozenset(
         "/v2/oauth2/token/revoke",
         "/v2/oauth2/token/introspect",
         "/v2/oauth2/authorize",
+        # The status page's sign-in and sign-out forms (a session cookie, not a token).
+        "/status/login",
+        "/status/logout",
     }
 )
 

@@ -53,6 +53,13 @@ OPEN_ROUTES = {
     ("GET", AUTH_CODE_PAGE),
     ("GET", "/.well-known/openid-configuration"),
     ("GET", "/jwk.json"),
+    # The status page: a session cookie from its own sign-in form instead of a token
+    # (tests/integration/test_status_page.py checks each of these without one).
+    ("GET", "/status"),
+    ("GET", "/status/login"),
+    ("POST", "/status/login"),
+    ("POST", "/status/logout"),
+    ("GET", "/status/endpoints/{endpoint_id}"),
 }
 
 
