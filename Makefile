@@ -50,7 +50,7 @@ test-e2e: dev peers uv-cache
 SHELL_SCRIPTS := entrypoint appliance/bin/rabbitmq-run appliance/bin/run-endpoint \
 	appliance/bin/run-webservice appliance/broker/rabbitmq-diagnostics .ci/run \
 	tools/install-prereqs tools/dockerd-up tools/base-image tools/slurm-up tools/slurm-down \
-	tools/warm-uv-cache
+	tools/warm-uv-cache appliance/prometheus/run-prometheus
 
 # Python the linters and the formatter check (ruff's rules, C901's complexity bound included,
 # live in pyproject.toml).
@@ -106,6 +106,7 @@ REVISION ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 SOURCE_URL ?= $(shell git config --get remote.origin.url 2>/dev/null || echo unknown)
 BASE_IMAGE ?= debian:bookworm-slim
 BROKER_CI_IMAGE ?= compute-endpoint-broker:ci
+PROMETHEUS_IMAGE ?= compute-endpoint-prometheus:latest
 # A PEM file of extra CA certificates pip inside the build must trust (a TLS-intercepting proxy).
 EXTRA_CA_CERTS ?=
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
@@ -130,6 +131,12 @@ broker-image: base-image
 	DOCKER_BUILDKIT=0 docker build --network host --build-arg BASE_IMAGE=$(BASE_IMAGE) \
 		-f appliance/broker/Dockerfile -t $(BROKER_CI_IMAGE) .
 
+## prometheus-image: Prometheus from Debian's package on the local base (compose profile `metrics`)
+.PHONY: prometheus-image
+prometheus-image: base-image
+	DOCKER_BUILDKIT=0 docker build --network host --build-arg BASE_IMAGE=$(BASE_IMAGE) \
+		-f appliance/prometheus/Dockerfile -t $(PROMETHEUS_IMAGE) .
+
 ## compose-up: broker + web service + endpoint on the host's loopback (BROKER_IMAGE, ports: env)
 compose-up: images
 	$(COMPOSE) -f compose.yaml up -d
@@ -151,8 +158,8 @@ worker-wheel: dev
 	@ls -l dist/compute_endpoint_worker-$(VERSION)-py3-none-any.whl
 
 ## test-appliance: images and compose under a real dockerd, functions run by the official SDK
-test-appliance: dev peers images broker-image
-	PATH=$(CURDIR)/$(BIN):$$PATH BROKER_IMAGE=$(BROKER_CI_IMAGE) \
+test-appliance: dev peers images broker-image prometheus-image
+	PATH=$(CURDIR)/$(BIN):$$PATH BROKER_IMAGE=$(BROKER_CI_IMAGE) PROMETHEUS_IMAGE=$(PROMETHEUS_IMAGE) \
 		$(BIN)/pytest -q -ra -s tests/appliance
 
 .PHONY: bench-manager bench-faults
@@ -173,6 +180,11 @@ bench-startup: dev
 .PHONY: bench-routing
 bench-routing: dev dockerd
 	$(BIN)/python bench/routing_bench.py
+
+## bench-scale: cost as the work grows (100k tasks, 1,000 task groups, 50 user endpoints, 1 GiB of 10 MB args)
+.PHONY: bench-scale
+bench-scale: dev peers
+	PATH=$(CURDIR)/$(BIN):$$PATH PYTHONPATH=$(CURDIR) $(BIN)/python bench/scale_bench.py --peer-python $(PEER_VENV)/bin/python $(BENCH_ARGS)
 
 ## bench-hpc: on the Slurm of slurm-up, ours vs the official: first result, throughput, scale-out/in
 .PHONY: bench-hpc

@@ -337,6 +337,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from endpoint.admin import diagnose  # the bundle's readers: only for this command
+
+    bundle = diagnose.diagnose(args.name, args.output)
+    print(bundle.summary, end="")
+    print(f"> wrote {bundle.path}")
+    return EX_OK
+
+
 def _add_health(sub: Any) -> None:
     h = _add(sub, "health", cmd_health, "exit 0 if the endpoint is alive, connected and beating")
     _endpoint_arg(h, "endpoint name or id (default: default)")
@@ -351,6 +360,15 @@ def _add_health(sub: Any) -> None:
     st = _add(sub, "status", cmd_status, "show what the running endpoint reports (status.json)")
     _endpoint_arg(st, "endpoint name or id (default: default)")
     st.add_argument("--format", choices=("text", "json"), default="text")
+    dg = _add(sub, "diagnose", cmd_diagnose, "write a .tar.gz for a support request (redacted)")
+    _endpoint_arg(dg, "endpoint name or id (default: default)")
+    dg.add_argument(
+        "--output",
+        type=Path,
+        metavar="PATH",
+        help="the archive (default: ./compute-endpoint-"
+        "diagnose-NAME-TIMESTAMP.tar.gz; never overwritten)",
+    )
 
 
 # ---- the parser -------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from endpoint.engines.base import Engine, Failure
 from endpoint.host.loop import Connected, Disconnected, EventLoop, Every, Wake, run_timers
 from endpoint.host.pidlock import TOUCH_EVERY_S, PidLock
 from endpoint.host.proctitle import set_title
+from endpoint.host.redact import public_address
 from endpoint.host.status import write_status
 from endpoint.protocol.messages import EPStatusReport, pack
 from endpoint.protocol.results import error_result
@@ -473,6 +474,8 @@ class EndpointRuntime(EventLoop):
             "engine": self._engine_status() if engine_status is None else engine_status,
             "interchange": self.ix.status(),
             "engine_breaker": self._breaker,
+            # Where the broker is, never who logs in (`compute-endpoint diagnose` checks it).
+            "amqp_broker": public_address(self.queues.tasks.connection_url),
             "updated_unix": time.time(),
         }
         try:

@@ -22,6 +22,7 @@ SHELL_SCRIPTS = [
     BIN / "run-endpoint",
     BIN / "run-webservice",
     ROOT / "appliance" / "broker" / "rabbitmq-diagnostics",
+    ROOT / "appliance" / "prometheus" / "run-prometheus",
 ]
 
 
