@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from endpoint.errors import LifecycleError, NotConfigured
-from endpoint.host.files import write_replace
+from endpoint.host.files import read_small, write_replace
 
 ENDPOINT_JSON = "endpoint.json"
 DEFAULT_LOG = "endpoint.log"
@@ -112,7 +112,7 @@ def resolve(target: str | None) -> Path:
 
 def read_endpoint_id(ep_dir: Path) -> str | None:
     try:
-        data = json.loads((ep_dir / ENDPOINT_JSON).read_text())
+        data = json.loads(read_small(ep_dir / ENDPOINT_JSON))
     except (OSError, ValueError):
         return None
     value = data.get("endpoint_id") if isinstance(data, dict) else None

@@ -48,6 +48,15 @@ def open_private(path: Path | str, flags: int, mode: int = 0o600) -> int:
     return fd
 
 
+def read_small(path: Path | str, limit: int = 1024 * 1024) -> str:
+    """The text of a small file of ours: a symlink, FIFO or device there raises OSError instead
+    of being followed or blocking the reader (`list`, `status` and `health` read pid, id and
+    status files that someone with write access to the directory could replace)."""
+    fd = open_private(path, os.O_RDONLY)
+    with os.fdopen(fd, "rb") as f:
+        return f.read(limit).decode("utf-8", "replace")
+
+
 def open_append(path: Path | str, mode: int = 0o600) -> int:
     """A log file opened for appending (created `mode` if missing); see `open_private`."""
     return open_private(path, APPEND, mode)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from endpoint.errors import AlreadyRunning, LifecycleError
 from endpoint.host.dirs import read_endpoint_id
-from endpoint.host.files import open_private
+from endpoint.host.files import open_private, read_small
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,11 @@ class State(enum.Enum):
 
 def _lock_is_held(pid_path: Path) -> bool:
     try:
-        fd = os.open(pid_path, os.O_RDONLY)
+        fd = open_private(pid_path, os.O_RDONLY)
     except FileNotFoundError:
+        return False
+    except OSError as e:  # a link, FIFO or device: no endpoint of ours locks one of those
+        log.warning("ignoring %s: %s", pid_path, e.strerror)
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -61,7 +64,7 @@ def _lock_is_held(pid_path: Path) -> bool:
 
 def read_pid(ep_dir: Path) -> int | None:
     try:
-        return int((ep_dir / PID_FILE).read_text().strip())
+        return int(read_small(ep_dir / PID_FILE, 64).strip())
     except (OSError, ValueError):
         return None
 
@@ -113,9 +116,15 @@ def clean_stale_pid(ep_dir: Path) -> bool:
     """
     pid_path = ep_dir / PID_FILE
     try:
-        fd = os.open(pid_path, os.O_RDONLY)
+        fd = open_private(pid_path, os.O_RDONLY)
     except FileNotFoundError:
         return False
+    except OSError as e:
+        # Not a file an endpoint wrote (a link, FIFO or device): remove the name, never what
+        # it points to (unlink does not follow links).
+        log.warning("removing %s: %s", pid_path, e.strerror)
+        pid_path.unlink(missing_ok=True)
+        return True
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from endpoint.host.files import write_replace
+from endpoint.host.files import read_small, write_replace
 from endpoint.host.pidlock import probe
 
 STATUS_FILE = "status.json"
@@ -41,7 +41,7 @@ def write_status(ep_dir: Path, doc: dict[str, Any]) -> None:
 
 def read_status(ep_dir: Path) -> dict[str, Any] | None:
     try:
-        doc = json.loads((ep_dir / STATUS_FILE).read_text())
+        doc = json.loads(read_small(ep_dir / STATUS_FILE, 16 * 1024 * 1024))
     except (OSError, ValueError):
         return None
     return doc if isinstance(doc, dict) else None
