@@ -100,6 +100,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     result_published_ns INTEGER
 );
 CREATE INDEX IF NOT EXISTS tasks_by_group ON tasks (task_group_id);
+-- The status page lists an identity's newest tasks.
+CREATE INDEX IF NOT EXISTS tasks_by_owner ON tasks (owner);
 -- Partial: only waiting tasks are ever looked up by route or endpoint, and a finished task
 -- then costs one index delete instead of a re-insert. Queries must repeat this exact WHERE.
 CREATE INDEX IF NOT EXISTS waiting_tasks_by_route ON tasks (route_id)

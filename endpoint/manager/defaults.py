@@ -27,7 +27,8 @@ USER_TEMPLATE = f"""\
 # Globus Compute SDK version their SDK reports, plus the packages of their `requirements`
 # option (the lines of a requirements.txt). It is built with uv, as the submitter's local
 # user, on the first task that needs it, and reused by every later one with the same
-# versions and requirements (cached in ~/.globus_compute/uv-envs/). When the endpoint's own
+# versions and requirements (cached in ~/.globus_compute/uv-envs/, with uv's downloads in
+# ~/.globus_compute/uv-cache/, both private to the user). When the endpoint's own
 # Python already matches and there are no requirements, workers start in it directly.
 # uv finds the Python versions on PATH (add yours in user_environment.yaml); it never
 # downloads one. To turn per-user environments off, use

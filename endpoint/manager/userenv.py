@@ -12,8 +12,9 @@ matches them: the Python minor version and Globus Compute SDK version their SDK 
   and the workers start at once in the endpoint's Python.
 * **Building** (``python -m endpoint.manager.userenv activate SPEC``, run by ``worker_init``,
   so as the user endpoint's user, never as the manager's root): `ensure` builds the
-  environment once per key under the user's own, private (0700) cache directory and prints
-  the shell lines that activate it. A lock file per key makes concurrent first submissions
+  environment once per key under the user's own, private (0700) cache directory, with a uv
+  download cache as private beside it (`uv_cache`), and prints the shell lines that
+  activate it. A lock file per key makes concurrent first submissions
   build it once; the others wait and reuse it. A marker file, written last, says that a
   build finished: a directory without one (a build that died) is built again.
 
@@ -56,6 +57,8 @@ log = logging.getLogger(__name__)
 
 #: Under the user's Compute directory (``$GLOBUS_COMPUTE_USER_DIR``, else ``~/.globus_compute``).
 CACHE_DIR_NAME = "uv-envs"
+#: uv's download cache, beside the environments and as private as they are (see `uv_cache`).
+UV_CACHE_NAME = "uv-cache"
 MARKER = "compute-endpoint-env.json"
 #: A requirements string larger than this is refused before it is parsed or hashed.
 MAX_REQUIREMENTS = 64 * 1024
@@ -323,9 +326,26 @@ def build_timeout() -> float:
     return value
 
 
-def _run(cmd: list[str], what: str) -> None:
+def uv_cache(root: Path) -> Path:
+    """The uv cache the builds of `root`'s environments use.
+
+    uv's own default (~/.cache/uv) is created world-readable, with a world-writable lock
+    file; in a home other users may enter (Debian's 0755) it would show them every package
+    this user installed, private ones included. So unless the administrator or the user
+    names one (UV_CACHE_DIR), the cache is a private sibling of the environments: on the same
+    file system, so uv still links instead of copying."""
+    named = os.environ.get("UV_CACHE_DIR")
+    return Path(named) if named else private_dir(root.parent / UV_CACHE_NAME)
+
+
+def _run(cmd: list[str], what: str, cache: Path) -> None:
     timeout = build_timeout()
-    env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never", "UV_NO_PROGRESS": "1"}
+    env = {
+        **os.environ,
+        "UV_PYTHON_DOWNLOADS": "never",
+        "UV_NO_PROGRESS": "1",
+        "UV_CACHE_DIR": str(cache),
+    }
     for name in ("VIRTUAL_ENV", "PYTHONHOME", "UV_SYSTEM_PYTHON"):
         env.pop(name, None)  # an active env must not be taken for the one being built
     try:
@@ -341,7 +361,7 @@ def _run(cmd: list[str], what: str) -> None:
         raise UserEnvError(f"{what} failed (uv exit {proc.returncode}):\n{output}")
 
 
-def _install(uv: str, env_dir: Path, spec: EnvSpec, with_sdk: bool) -> None:
+def _install(uv: str, env_dir: Path, spec: EnvSpec, with_sdk: bool, cache: Path) -> None:
     wheel = worker_wheel()
     cmd = [
         uv, "pip", "install", "--no-config", "--python", str(env_dir / "bin" / "python"),
@@ -354,20 +374,22 @@ def _install(uv: str, env_dir: Path, spec: EnvSpec, with_sdk: bool) -> None:
         reqs = env_dir / "requirements.txt"
         reqs.write_text(spec.requirements + "\n")
         cmd += ["-r", str(reqs)]
-    _run(cmd, "installing the packages")
+    _run(cmd, "installing the packages", cache)
 
 
 def build(spec: EnvSpec, env_dir: Path) -> list[str]:
     """Create the environment in `env_dir` (absent); the warnings worth telling the user."""
     uv = uv_binary()
+    cache = uv_cache(env_dir.parent)
     _run(
         [uv, "venv", "--no-config", "--no-project", "--quiet", "--python", spec.python,
          str(env_dir)],
         f"creating a Python {spec.python} environment",
+        cache,
     )  # fmt: skip
     os.chmod(env_dir, 0o700)
     try:
-        _install(uv, env_dir, spec, with_sdk=True)
+        _install(uv, env_dir, spec, with_sdk=True, cache=cache)
         return []
     except UserEnvError as first:
         if not spec.sdk:
@@ -375,7 +397,7 @@ def build(spec: EnvSpec, env_dir: Path) -> list[str]:
         # "If available": an SDK release that cannot be installed here (not on the index,
         # or pinning another dill) must not cost the user their environment.
         try:
-            _install(uv, env_dir, spec, with_sdk=False)
+            _install(uv, env_dir, spec, with_sdk=False, cache=cache)
         except UserEnvError:
             raise first from None
         return [f"{SDK_DIST}=={spec.sdk} could not be installed; the environment lacks it"]

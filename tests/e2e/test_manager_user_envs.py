@@ -104,6 +104,18 @@ def uv(*args: str | Path) -> None:
     )
 
 
+def warm_cache() -> str:
+    """uv's cache of this user, as tools/warm-uv-cache filled it."""
+    found = subprocess.run(
+        [uv_binary(), "cache", "dir"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={k: v for k, v in os.environ.items() if k != "UV_CACHE_DIR"},
+    )
+    return found.stdout.strip()
+
+
 @pytest.fixture(scope="module")
 def sdk_on_other_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The official SDK 4.19 installed for another Python minor: a submitter on that Python."""
@@ -136,10 +148,12 @@ def manager(stack: Stack) -> str:
     # As root the manager starts user endpoints with a clean environment: the user's Compute
     # directory (where the environments are cached) is the test's, and uv, like the test,
     # has no network here: it installs from its cache (tools/warm-uv-cache fills it).
-    # The other Python minor is on PATH, last, where uv finds it.
+    # The other Python minor is on PATH, last, where uv finds it. The user endpoints run as
+    # this test's user: they may use the cache it filled (instead of a private one of theirs).
     path = f"/usr/local/bin:/usr/bin:/bin:{Path(sys.executable).parent}:{other_python().parent}"
     (ep_dir / "user_environment.yaml").write_text(
         f"GLOBUS_COMPUTE_USER_DIR: {user_dir(stack)}\nUV_OFFLINE: 1\nPATH: {path}\n"
+        f"UV_CACHE_DIR: {warm_cache()}\n"
     )
     return stack.start_endpoint(MANAGER)
 

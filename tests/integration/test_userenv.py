@@ -36,6 +36,19 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
     except UserEnvError as e:
         pytest.fail(f"{e} (uv is a dependency: pip install -e .; then tools/warm-uv-cache)")
     monkeypatch.setenv("UV_OFFLINE", "1")
+    # The builds' own cache would be empty: use the one tools/warm-uv-cache filled.
+    monkeypatch.setenv("UV_CACHE_DIR", warm_cache())
+
+
+def warm_cache() -> str:
+    found = subprocess.run(
+        [userenv.uv_binary(), "cache", "dir"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={k: v for k, v in os.environ.items() if k != "UV_CACHE_DIR"},
+    )
+    return found.stdout.strip()
 
 
 def spec(requirements: str = "six") -> EnvSpec:
@@ -148,15 +161,13 @@ def reachable_dir() -> Iterator[Path]:
 
 def test_the_environment_is_built_as_the_calling_user_and_private(reachable_dir: Path) -> None:
     """As a user endpoint's worker_init runs it: here as `nobody`, with a home of its own and
-    a copy of uv's cache (offline, as every test here)."""
+    a copy of uv's cache (offline, as every test here). The private cache a build uses when
+    none is named: tests/unit/test_userenv.py, tests/e2e/test_manager_mapped_user_envs.py."""
     tmp_path = reachable_dir
     home = tmp_path / "home"
     home.mkdir()
     cache = home / "uv-cache"
-    found = subprocess.run(
-        [userenv.uv_binary(), "cache", "dir"], capture_output=True, text=True, check=True
-    )
-    shutil.copytree(found.stdout.strip(), cache, symlinks=True)
+    shutil.copytree(warm_cache(), cache, symlinks=True)
     for path in [home, *home.rglob("*")]:
         os.lchown(path, NOBODY, NOBODY)
     env = {"HOME": str(home), "UV_CACHE_DIR": str(cache), "GLOBUS_COMPUTE_USER_DIR": ""}

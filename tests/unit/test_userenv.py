@@ -132,6 +132,20 @@ def test_activation_declares_the_minor_and_quotes_the_path(tmp_path: Path) -> No
     assert out == f"{env_dir}|{env_dir}/bin|3.12|unset"
 
 
+def test_uvs_cache_is_private_beside_the_environments_unless_one_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "compute" / userenv.CACHE_DIR_NAME
+    monkeypatch.delenv("UV_CACHE_DIR", raising=False)
+    cache = userenv.uv_cache(root)
+    assert cache == tmp_path / "compute" / userenv.UV_CACHE_NAME
+    assert (cache.stat().st_mode & 0o777) == 0o700
+    cache.chmod(0o755)  # as uv makes its own
+    assert (userenv.uv_cache(root).stat().st_mode & 0o777) == 0o700
+    monkeypatch.setenv("UV_CACHE_DIR", str(tmp_path / "site-cache"))
+    assert userenv.uv_cache(root) == tmp_path / "site-cache"
+
+
 # ---- the default template -------------------------------------------------------------------
 
 
