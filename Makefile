@@ -31,7 +31,7 @@ demo: dev peers
 ## test: unit, integration (real RabbitMQ) and e2e (official SDK and endpoint) tests
 ## (the appliance tests need dockerd and the images: `make test-appliance`)
 test: dev peers uv-cache
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -q -ra tests --ignore=tests/appliance
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -q -ra --durations=40 tests --ignore=tests/appliance
 
 ## uv-cache: fill uv's cache (and build the worker wheel) so the per-user environment tests run offline
 .PHONY: uv-cache
