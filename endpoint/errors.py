@@ -21,6 +21,7 @@ their errors at the edge. `cli/app.py` maps each class to a documented exit code
      +-- ContainerError                     (task results, never an exit code)
      |    +-- ContainerRuntimeMissing       the docker/podman/... binary or daemon is absent
      |    +-- ImageNotFound                 the image is not on this host and cannot be pulled
+     |    +-- WorkerMismatch                the image's worker cannot serve this endpoint
      +-- LifecycleError                     1
           +-- AlreadyRunning                73
           +-- NotConfigured, EndpointExists 1
@@ -96,6 +97,10 @@ class ContainerRuntimeMissing(ContainerError):
 
 class ImageNotFound(ContainerError):
     """The image is not present locally and could not be pulled."""
+
+
+class WorkerMismatch(ContainerError):
+    """The worker an image would run cannot serve this endpoint (Python minor, dill, ...)."""
 
 
 class LifecycleError(EndpointError):

@@ -1,8 +1,10 @@
 """What this endpoint lends a worker image: its worker code, Parsl and dill (issue 15).
 
-A GlobusComputeEngine image need not contain this endpoint's package. Each block's worker
-pool starts from a directory under the endpoint's run dir, which is bind-mounted into the
-container at the same path, and which holds three trees:
+A worker image need not contain this endpoint's package. Each GlobusComputeEngine block's
+worker pool, and each ProcessPoolEngine container worker, starts from a directory under the
+endpoint's run dir, which is bind-mounted into the container at the same path, and which
+holds three trees (a process worker needs only the first two: of the third-party packages
+it imports only dill):
 
 ``code-HASH/``
     This endpoint's worker-side modules, copied from the running endpoint (so they are
@@ -53,11 +55,13 @@ log = logging.getLogger(__name__)
 #: Under the run dir (which every container runtime mounts at the same path).
 OVERLAY_DIR = "worker-overlay"
 #: The modules a worker imports by name: the batch runner Parsl calls for every task, the
-#: PID-1 entry the pool starts in, and the version probe (the first Parsl task).
+#: PID-1 entry the pool starts in, the version probe (the first Parsl task), and the
+#: ProcessPoolEngine's container worker (one process per container, over stdin/stdout).
 ROOT_MODULES = (
     "endpoint.engines.htex.batching",
     "endpoint.containers.entry",
     "endpoint.containers.versions",
+    "endpoint.containers.worker",
 )
 #: Shadow the image's copies: these must be exactly the endpoint's.
 PINNED = ("parsl", "dill")

@@ -39,11 +39,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from endpoint.containers.codes import (
-    CODE_CONTAINER_FAILED,
-    CODE_IMAGE_NOT_FOUND,
-    CODE_VERSION_MISMATCH,
-)
+from endpoint.containers.codes import CODE_VERSION_MISMATCH
 from endpoint.containers.spec import container_spec
 from endpoint.engines.base import (
     CODE_ENGINE_FAILURE,
@@ -54,8 +50,13 @@ from endpoint.engines.base import (
     TaskSubmission,
     engine_error_result,
 )
-from endpoint.engines.process_launch import ContainerLauncher, LocalLauncher, worker_env
-from endpoint.errors import ContainerError, ImageNotFound, LifecycleError
+from endpoint.engines.process_launch import (
+    ContainerLauncher,
+    LocalLauncher,
+    failure_code,
+    worker_env,
+)
+from endpoint.errors import ContainerError, LifecycleError
 
 if TYPE_CHECKING:
     from endpoint.config.engines import ProcessPoolEngineConfig
@@ -181,8 +182,7 @@ class ProcessPoolEngine(PoolEngine):
         try:
             self._launcher.prepare(run_dir, self.label)
         except ContainerError as e:
-            code = CODE_IMAGE_NOT_FOUND if isinstance(e, ImageNotFound) else CODE_CONTAINER_FAILED
-            self._set_broken(f"{self.label}: {e}", code)
+            self._set_broken(f"{self.label}: {e}", failure_code(e))
 
     def _set_broken(self, reason: str, code: str = CODE_ENGINE_FAILURE) -> None:
         with self._lock:

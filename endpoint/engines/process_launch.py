@@ -6,9 +6,18 @@ process runs and how its end of the socket pair reaches it:
 `LocalLauncher`
     ``python -P -m endpoint.worker --fd N``: the socket is inherited as file descriptor N.
 `ContainerLauncher`
-    ``docker run -i ... IMAGE python3 -m endpoint.containers.worker``: the runtime's CLI gets
-    the socket as its stdin and stdout and relays them to the worker (podman hands the
-    socket straight in). The worker's hello carries its versions, which are checked here.
+    ``docker run -i ... -v OVERLAY:OVERLAY:ro ... IMAGE python3 RUN_DIR/worker-overlay/code-H/
+    endpoint/containers/entry.py --first PIN endpoint.containers.worker``: the runtime's CLI
+    gets the socket as its stdin and stdout and relays them to the worker (podman hands the
+    socket straight in). The image needs only a ``python3`` of the endpoint's minor version:
+    the worker's code and dill are lent to it through the run dir, read-only, as to a
+    GlobusComputeEngine pool (`endpoint.containers.overlay`), so an image built from the
+    official docs' recipe or a bare Python runs it. The image's Python is asked once before
+    the first worker starts (`endpoint.containers.imageinfo`): another minor fails the pool's
+    tasks with a version mismatch instead of workers that never say hello. The worker's
+    hello carries its versions, which are checked here. (``custom`` commands choose their own
+    mounts, so their image still needs this package: ``python3 -m
+    endpoint.containers.worker``.)
 
 Each launcher also says what a worker's exit status means (`LocalLauncher.describe_exit`):
 a local worker's SIGKILL is a negative return code, a container's is the runtime CLI's
@@ -32,14 +41,24 @@ from pathlib import Path
 
 import endpoint
 from endpoint.containers.argv import launch_argv
-from endpoint.containers.clients import client_for, ensure_image
+from endpoint.containers.clients import ContainerClient, client_for, ensure_image
+from endpoint.containers.codes import (
+    CODE_CONTAINER_FAILED,
+    CODE_IMAGE_NOT_FOUND,
+    CODE_VERSION_MISMATCH,
+)
+from endpoint.containers.imageinfo import image_info
+from endpoint.containers.overlay import ensure_overlay, entry_words, overlay_root
 from endpoint.containers.spec import POOL_LABEL, ContainerSpec, LaunchContext
 from endpoint.containers.versions import PROCESS_KEYS, local_versions, mismatch
+from endpoint.errors import ContainerError, ImageNotFound, WorkerMismatch
 
 log = logging.getLogger(__name__)
 
 #: The interpreter in a worker image (its venv's ``bin`` comes first on PATH).
 CONTAINER_PYTHON = "python3"
+#: The worker module, run by the lent entry (or, for ``custom``, from the image's package).
+WORKER_MODULE = "endpoint.containers.worker"
 #: What a SIGKILL nobody asked for most often is, and what to do about it.
 OOM_HINT = "possibly by the out-of-memory killer"
 _LOCAL_OOM = "(the task may have run out of memory)"
@@ -97,32 +116,65 @@ class ContainerLauncher(LocalLauncher):
         self.spec = spec
         self._ctx: LaunchContext | None = None
         self._pool_id = ""
+        # Every runtime but ``custom`` mounts the run dir at the same path, so the worker
+        # can be lent; a custom command decides its own mounts.
+        self.lent = spec.runtime != "custom" and spec.image is not None
+        self._head = [CONTAINER_PYTHON, "-m", WORKER_MODULE]
 
     def prepare(self, run_dir: Path, label: str) -> None:
-        """Raises ImageNotFound / ContainerRuntimeMissing when no worker could start."""
+        """Raises ImageNotFound / ContainerRuntimeMissing when no worker could start,
+        WorkerMismatch when the image's Python cannot run this endpoint's tasks."""
         # One label value per engine instance: cleanup must never touch another pool's.
         self._pool_id = f"{label}-{uuid.uuid4().hex[:8]}"
+        base = Path(run_dir).resolve()
+        lent = (str(overlay_root(base)),) if self.lent else ()
         self._ctx = LaunchContext(
-            run_dir=str(Path(run_dir).resolve()), stdio=True, labels={POOL_LABEL: self._pool_id}
+            run_dir=str(base), stdio=True, labels={POOL_LABEL: self._pool_id}, read_only=lent
         )
         if self.spec.image:
-            ensure_image(client_for(self.spec), self.spec.image)
+            client = client_for(self.spec)
+            ensure_image(client, self.spec.image)
+            if self.lent:
+                self._lend(client, base)
+
+    def _lend(self, client: ContainerClient, run_dir: Path) -> None:
+        """Ask the image's Python (once per image), then write what its workers borrow."""
+        info = image_info(self.spec, client, run_dir, overlay_root(run_dir) / "images")
+        ours = local_versions()
+        problem = mismatch(
+            ours, {"python": info.python}, ("python",), self.spec.describe(), lent=True
+        )
+        if problem is not None:
+            raise WorkerMismatch(problem)
+        try:
+            # Of the third-party packages a process worker imports only dill, which is
+            # pure Python: no compiled dependencies, so the image's platform does not matter.
+            overlay = ensure_overlay(run_dir, with_deps=False)
+        except OSError as e:
+            raise ContainerError(
+                f"cannot write what {self.spec.describe()} is lent under {run_dir}: {e}"
+            ) from e
+        self._head = [*entry_words(overlay, CONTAINER_PYTHON), WORKER_MODULE]
 
     def spawn(
         self, child: socket.socket, options_json: str, max_tasks: int | None, cwd: str
     ) -> subprocess.Popen[bytes]:
-        assert self._ctx is not None, "prepare() first"
-        command = [CONTAINER_PYTHON, "-m", "endpoint.containers.worker", "--options", options_json]
-        argv = launch_argv(self.spec, self._ctx, [*command, *_max_tasks(max_tasks)])
         fd = child.fileno()
-        return subprocess.Popen(argv, stdin=fd, stdout=fd, cwd=cwd)
+        return subprocess.Popen(self.argv(options_json, max_tasks), stdin=fd, stdout=fd, cwd=cwd)
+
+    def argv(self, options_json: str, max_tasks: int | None) -> list[str]:
+        """The runtime command that starts one worker in its container."""
+        assert self._ctx is not None, "prepare() first"
+        command = [*self._head, "--options", options_json, *_max_tasks(max_tasks)]
+        return launch_argv(self.spec, self._ctx, command)
 
     def check_hello(self, hello: bytes) -> str | None:
         try:
             theirs = json.loads(hello)
         except ValueError:
             theirs = hello[:200]
-        return mismatch(local_versions(), theirs, PROCESS_KEYS, self.spec.describe())
+        where = self.spec.describe()
+        return mismatch(local_versions(), theirs, PROCESS_KEYS, where, lent=self.lent)
 
     def describe_exit(self, returncode: int | None) -> str:
         # The runtime's CLI reports the container's process killed by signal N as 128 + N
@@ -134,6 +186,13 @@ class ContainerLauncher(LocalLauncher):
         return text
 
     def startup_hint(self) -> str:
+        if self.lent:
+            return (
+                f" (in {self.spec.describe()}: the image needs {CONTAINER_PYTHON}"
+                f" {local_versions()['python']} on its PATH; the endpoint lends the worker its"
+                " code and dill through its run dir, which must be mounted at the same path;"
+                " the runtime's messages are in the endpoint log)"
+            )
         return (
             f" (in {self.spec.describe()}: the image needs {CONTAINER_PYTHON} on PATH with"
             " container-compute-endpoint installed; the runtime's messages are in the"
@@ -147,6 +206,15 @@ class ContainerLauncher(LocalLauncher):
             client_for(self.spec).remove_labelled(POOL_LABEL, self._pool_id)
         except Exception as e:  # best effort: --rm removes them anyway when they exit
             log.debug("cleanup of %s containers failed: %s", self._pool_id, e)
+
+
+def failure_code(error: ContainerError) -> str:
+    """The error Result code for tasks of a pool whose preparation raised ``error``."""
+    if isinstance(error, ImageNotFound):
+        return CODE_IMAGE_NOT_FOUND
+    if isinstance(error, WorkerMismatch):
+        return CODE_VERSION_MISMATCH
+    return CODE_CONTAINER_FAILED
 
 
 def killed_by(signum: int, oom_detail: str = "") -> str:

@@ -1,7 +1,8 @@
 """Bring your own worker image (issue 15): images with nothing of this project in them.
 
 GlobusComputeEngine lends a container its worker code, Parsl and dill through the run dir
-(`endpoint.containers.overlay`), so under real docker and podman:
+(`endpoint.containers.overlay`), and ProcessPoolEngine its worker code and dill, so under
+real docker and podman:
 
 * an image built from the official docs' recipe (a Python, then ``pip install
   globus-compute-endpoint==4.19.0``) runs our tasks, with our Parsl and dill ahead of its
@@ -14,7 +15,11 @@ GlobusComputeEngine lends a container its worker code, Parsl and dill through th
   mismatch naming both Pythons, before any task is sent; one without python3 (Debian's
   base image) fails them saying that it needs one;
 * the image's Python is asked once per image, and the lent trees are written once per run
-  dir and reused.
+  dir and reused;
+* ProcessPoolEngine container workers (one per container, over stdin/stdout) are lent the
+  worker code and dill the same way: the official-recipe and the bare image run their tasks
+  under docker and podman; PyPy 3.9 fails them with the mismatch, and an image without
+  python3 with ContainerStartFailed, before any worker starts.
 
 The images are built once and reused across runs (`tests.containers.byo_images`).
 """
@@ -139,6 +144,44 @@ def start(
     return engine, results
 
 
+def start_process(
+    started: list[tuple[Engine, Results, str]], run_dir: Path, kind: str, image: str
+) -> tuple[Engine, Results]:
+    """A ProcessPoolEngine whose one worker runs in its own container of ``image``."""
+    results = Results()
+    spec = {"type": "ProcessPoolEngine", "max_workers": 1}
+    engine = build_engine_from_dict({**spec, "container_type": kind, "container_uri": image})
+    engine.start(endpoint_id=EPID, run_dir=run_dir, on_result=results)
+    started.append((engine, results, kind))
+    return engine, results
+
+
+def where_process() -> dict[str, Any]:
+    """Run as a process-pool task: which image, which Python, where dill and the SDK are."""
+    import os
+    import sys
+
+    import dill
+
+    def origin(module_name: str) -> str | None:
+        try:
+            module = __import__(module_name)
+        except ImportError:
+            return None
+        return str(module.__file__)
+
+    with open("/etc/ccep-image") as f:
+        image = f.read().strip()
+    return {
+        "image": image,
+        "python": sys.executable,
+        "container": os.path.exists("/.dockerenv") or os.path.exists("/run/.containerenv"),
+        "dill": dill.__file__,
+        "sdk": origin("globus_compute_sdk"),
+        "parsl_imported": "parsl" in sys.modules,
+    }
+
+
 def run_one(engine: Engine, results: Results) -> Result:
     sub = submission(inside)
     engine.submit(sub)
@@ -254,3 +297,55 @@ def test_the_image_is_asked_once_and_the_lent_trees_are_reused(
     assert ok(run_one(again, again_results))["image"] == "byo-bare"
     after = sorted(p.name for p in overlay.iterdir() if p.is_dir() and p.name != "images")
     assert after == trees  # nothing rewritten
+
+
+# ---- ProcessPoolEngine: one worker per container, lent the same way ----------------------
+
+
+@pytest.mark.parametrize("kind", ["docker", "podman"])
+@pytest.mark.parametrize("which", ["official", "bare"])
+def test_process_pool_workers_run_in_images_without_our_package(
+    byo: ByoImages, podman_byo: ByoImages, started: Any, tmp_path: Path, kind: str, which: str
+) -> None:
+    image = byo.official if which == "official" else byo.bare
+    engine, results = start_process(started, tmp_path, kind, image)
+    assert engine.wait_ready(120) and engine.failure() is None, engine.failure()
+    subs = [submission(where_process) for _ in range(2)]
+    for sub in subs:
+        engine.submit(sub)
+    for result in results.wait(*(s.task_id for s in subs), timeout=120):
+        seen = ok(result)
+        assert seen["image"] == f"byo-{which}" and seen["container"]
+        assert lent_from(tmp_path, seen["dill"])  # the endpoint's dill, read-only
+        assert seen["parsl_imported"] is False  # a process worker needs no Parsl
+        if which == "official":
+            assert seen["python"].startswith("/opt/venv/")  # the image's own Python...
+            assert seen["sdk"].startswith("/opt/venv/")  # ...and its own packages
+        else:
+            assert seen["python"] == "/usr/bin/python3" and seen["sdk"] is None
+    trees = {p.name.split("-")[0] for p in (tmp_path / OVERLAY_DIR).iterdir() if p.is_dir()}
+    assert trees - {"images"} == {"code", "pin"}  # nothing platform-bound is lent
+
+
+@pytest.mark.parametrize(
+    ("which", "code", "says"),
+    [
+        ("pypy", "WorkerVersionMismatch", "python 3.9 (endpoint: 3.11)"),
+        ("no-python", "ContainerStartFailed", "needs a Python 3 named python3"),
+    ],
+)
+def test_a_process_pool_refuses_an_image_it_cannot_serve_before_any_worker(
+    byo: ByoImages, started: Any, tmp_path: Path, which: str, code: str, says: str
+) -> None:
+    image = byo.other_python if which == "pypy" else BASE_IMAGE  # Debian, no Python
+    engine, results = start_process(started, tmp_path, "docker", image)
+    assert engine.wait_ready(60)
+    failure = engine.failure()
+    assert failure is not None and failure.code == code
+    sub = submission(where_process)
+    engine.submit(sub)
+    (result,) = results.wait(sub.task_id, timeout=60)
+    assert result.error_details is not None and result.error_details["code"] == code
+    assert image in result.data and says in result.data
+    if which == "pypy":
+        assert "Use an image with Python 3.11" in result.data

@@ -1,6 +1,7 @@
-"""The official SDK 4.19 → our endpoint, whose GlobusComputeEngine workers run in an image
-built from the official docs' recipe (``pip install globus-compute-endpoint==4.19.0``), with
-nothing of this project in it (issue 15, "bring your own worker image").
+"""The official SDK 4.19 → our endpoint, whose GlobusComputeEngine workers (or
+ProcessPoolEngine workers, one per container) run in an image built from the official docs'
+recipe (``pip install globus-compute-endpoint==4.19.0``), with nothing of this project in it
+(issue 15, "bring your own worker image").
 
 podman, not docker: these tests run in their own network namespace (``unshare -n``), and
 podman's ``--network host`` is the namespace podman itself runs in, where the endpoint's
@@ -18,34 +19,43 @@ from tests.containers.byo_images import build_byo_images, copy_to_podman
 from tests.containers.images import podman_conf
 from tests.e2e.conftest import SdkRunner
 
-CONFIG = """\
-display_name: byo-image
-heartbeat_period: 5
-engine:
+ENGINES = {
+    "gce": """\
   type: GlobusComputeEngine
   max_workers_per_node: 2
   address: 127.0.0.1
-  container_type: podman
-  container_uri: {image}
   provider:
     type: LocalProvider
     init_blocks: 1
     min_blocks: 0
     max_blocks: 1
-"""
+""",
+    "process": """\
+  type: ProcessPoolEngine
+  max_workers: 2
+""",
+}
+CONFIG = """\
+display_name: byo-image
+heartbeat_period: 5
+engine:
+  container_type: podman
+  container_uri: {image}
+{engine}"""
 
 
-@pytest.fixture(scope="module")
-def byo_endpoint(stack: Stack) -> str:
+@pytest.fixture(scope="module", params=sorted(ENGINES))
+def byo_endpoint(stack: Stack, request: pytest.FixtureRequest) -> str:
     try:
         image = build_byo_images().official
         copy_to_podman([image])
     except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
         pytest.fail(f"the official-recipe image could not be built or loaded into podman: {e}")
-    stack.configure_endpoint("byo", CONFIG.format(image=image))
+    name = f"byo-{request.param}"
+    stack.configure_endpoint(name, CONFIG.format(image=image, engine=ENGINES[request.param]))
     # Rootful podman here cannot raise hard limits, which its defaults try to.
     conf = podman_conf(stack.root)
-    return stack.start_endpoint("byo", timeout=120, extra_env={"CONTAINERS_CONF": str(conf)})
+    return stack.start_endpoint(name, timeout=120, extra_env={"CONTAINERS_CONF": str(conf)})
 
 
 def test_the_official_sdk_runs_functions_in_an_official_recipe_image(

@@ -33,6 +33,9 @@ def test_the_code_tree_is_the_worker_package_plus_the_container_side() -> None:
         "endpoint.containers",
         "endpoint.containers.entry",
         "endpoint.containers.versions",
+        # The ProcessPoolEngine's container worker, and the local worker it shares code with.
+        "endpoint.containers.worker",
+        "endpoint.worker.__main__",
     }
     assert found == worker_package | containers
 
