@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from webservice import __version__
+from webservice import __version__, metrics
 from webservice.amqp import AmqpLink
 from webservice.api import ROUTERS
 from webservice.broker_admin import BrokerAdmin, BrokerAdminError
@@ -50,6 +50,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     for router in ROUTERS:
         app.include_router(router)
+    metrics.install(app, settings.metrics_token_file)
     app.include_router(status_page_router)
     app.add_middleware(EdgeGuard, limits=settings.limits)
     app.state.auth_throttle = AuthThrottle(

@@ -78,6 +78,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
     serve.add_argument(
+        "--metrics-token-file",
+        default=_env("METRICS_TOKEN_FILE"),
+        help="a private file (0600) with the bearer token GET /metrics requires; without it"
+        f" /metrics answers loopback clients only (env {ENV}METRICS_TOKEN_FILE)",
+    )
+    serve.add_argument(
         "--max-connections",
         type=int,
         default=int(_env("MAX_CONNECTIONS", str(Limits.max_connections)) or 0),
@@ -138,6 +144,7 @@ def _serve_until_stopped(args: argparse.Namespace) -> int:
             db_path=args.db,
             public_amqp_url=args.public_amqp_url,
             queue_prefix=args.queue_prefix,
+            metrics_token_file=args.metrics_token_file,
             limits=Limits(
                 max_connections=args.max_connections,
                 header_timeout_s=args.header_timeout,

@@ -46,6 +46,8 @@ class _Item:
     body: bytes
     delivery: Delivery | None = None
     done: asyncio.Future[None] | None = None
+    #: time.monotonic() when it arrived: the forwarder's lag metric (`webservice.metrics`).
+    arrived: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -89,6 +91,17 @@ class ResultForwarder:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner
+
+    @property
+    def backlog(self) -> int:
+        """Results received and not yet stored and forwarded (a metric, `webservice.metrics`)."""
+        return len(self._inbox)
+
+    @property
+    def lag_s(self) -> float:
+        """How long the oldest result waiting in the inbox has waited (0 when none waits)."""
+        inbox = self._inbox
+        return time.monotonic() - inbox[0].arrived if inbox else 0.0
 
     def _on_delivery(self, delivery: Delivery) -> None:
         self._inbox.append(_Item(delivery.body, delivery))

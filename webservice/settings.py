@@ -56,6 +56,9 @@ class Settings:
     broker_wait_s: float = 60.0
     #: Request, submission and connection limits (`limits.py`).
     limits: Limits = field(default_factory=Limits)
+    #: A private file holding the bearer token `GET /metrics` requires; None: loopback
+    #: clients only (`webservice.metrics`).
+    metrics_token_file: str | None = None
 
     @property
     def handout_amqp_url(self) -> str:

@@ -102,6 +102,10 @@ class BaseConfig(BaseModel):
     # Listed for every user in the web UI's search; it grants no access. The official endpoint
     # accepts it on every kind since all of its endpoints became core endpoints (4.18).
     public: bool = False
+    # Ours: Prometheus metrics (endpoint/runtime/metrics.py). None: nothing listens; 0: a free
+    # port, written to status.json ("metrics") as every bound port is.
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_address: str = Field(default="127.0.0.1", min_length=1)
 
     @field_validator("display_name")
     @classmethod

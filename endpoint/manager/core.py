@@ -49,6 +49,7 @@ from endpoint.manager import templating
 from endpoint.manager.audit import AUDIT_FILE, AuditLog
 from endpoint.manager.command import Refusal, StartRequest, parse, redacted
 from endpoint.manager.identity import Authorizer, LocalUser, Principal
+from endpoint.manager.metrics import manager_metrics_for
 from endpoint.manager.spawner import ExecLauncher, ForkServer, Launcher, SpawnSpec
 from endpoint.protocol.messages import EPStatusReport, pack
 from endpoint.protocol.pipe import LaunchDoc, encode
@@ -238,6 +239,7 @@ class Manager(EventLoop):
             on_message=self._on_message,
         )
         self.hb_session = self._pool.session(settings.heartbeats.connection_url, "amqp-heartbeats")
+        self.metrics = manager_metrics_for(self.cfg.metrics_address, self.cfg.metrics_port)
 
     def _make_launcher(self) -> Launcher:
         if self.s.launcher == "exec":
@@ -276,6 +278,7 @@ class Manager(EventLoop):
         set_title(self.title)
         self.audit.record_quietly("manager_start", endpoint_id=self.s.endpoint_id, pid=os.getpid())
         self._pool.start()
+        self.metrics.start(self, self.s.ep_dir, self.s.endpoint_id)
         log.info("manager endpoint %s running", self.s.endpoint_id)
         try:
             self._loop()
@@ -336,6 +339,7 @@ class Manager(EventLoop):
     def _refused(self, req: StartRequest, e: BaseException) -> None:
         msg = str(e) if isinstance(e, EndpointError) else f"internal error: {e!r}"
         log.warning("user endpoint %s (%s) not started: %s", req.endpoint_id, req.name, msg)
+        self.metrics.start_failed("refused")
         ids = [i["id"] for i in req.identities]
         self.audit.record_quietly(
             "refused", uep_id=req.endpoint_id, name=req.name, identities=ids, reason=msg
@@ -398,6 +402,7 @@ class Manager(EventLoop):
         rendered: templating.Rendered,
         env: dict[str, str],
     ) -> None:
+        began = time.monotonic()
         user = principal.user
         spec = SpawnSpec(
             user, env, user.home, f"Globus Compute Endpoint starting up for {user.name}"
@@ -422,6 +427,7 @@ class Manager(EventLoop):
         except SpawnError:
             self.launcher.signal(pid, signal.SIGKILL)  # fail closed: no unaudited endpoint
             raise
+        self.metrics.spawned(time.monotonic() - began)
         log.info(
             "user endpoint %s (%s) started as %s: pid %s, config %s",
             req.endpoint_id,
@@ -475,6 +481,7 @@ class Manager(EventLoop):
             # It never served: whoever waits for it must hear why, now.
             why = error or f"the user endpoint process {how} while starting"
             log.warning("user endpoint %s failed to start: %s", uep.endpoint_id, why)
+            self.metrics.start_failed("exited")
             self._report_failure(uep.request.amqp_creds, why)
             return
         if status != 0 and not self._stop.is_set():
@@ -535,6 +542,7 @@ class Manager(EventLoop):
         self.launcher.close()
         self.audit.record_quietly("manager_stop", endpoint_id=self.s.endpoint_id, pid=os.getpid())
         self.audit.close()
+        self.metrics.stop()
         log.info("manager endpoint %s stopped", self.s.endpoint_id)
 
     def _stop_user_endpoints(self) -> None:

@@ -34,6 +34,7 @@ from endpoint.runtime import faults
 from endpoint.runtime.idle import IdleTracker
 from endpoint.runtime.interchange import RECENTLY_DONE, Delivery, Interchange, Plan
 from endpoint.runtime.journal import Journal
+from endpoint.runtime.metrics import NO_METRICS, NoMetrics
 from endpoint.runtime.settings import RuntimeSettings
 
 log = logging.getLogger(__name__)
@@ -83,8 +84,11 @@ class EndpointRuntime(EventLoop):
         engine_factory: Callable[[], Engine] | None = None,
         title: str = "",
         sessions: SessionFactory = AmqpSession,
+        metrics: NoMetrics = NO_METRICS,
     ) -> None:
         super().__init__()
+        self.metrics = metrics  # endpoint/runtime/metrics.py; reads `last_status` when scraped
+        self.last_status: dict[str, Any] = {}
         self.endpoint_id = endpoint_id
         self.ep_dir = ep_dir
         # `paths.endpoint_dir`: where the journal and the engine's files (task dirs, Parsl
@@ -281,6 +285,7 @@ class EndpointRuntime(EventLoop):
     # ---- lifecycle ------------------------------------------------------------------------
     def run(self) -> None:
         set_title(self.title)
+        self.metrics.start(self)  # first: a port already taken stops the start cleanly
         self._start_engine()
         self._refresh_window()
         self._execute(self.ix.recover(self.journal.load()))
@@ -369,6 +374,7 @@ class EndpointRuntime(EventLoop):
     def _execute(self, plan: Plan) -> None:
         """Carry out a plan in the order the promises need: journal, then ack, then
         publish (a result is journaled before it leaves), then hand tasks to the engine."""
+        self.metrics.on_plan(plan)
         if plan.add_tasks:
             self._fault("delivered")
         if plan.journal_writes:
@@ -450,6 +456,7 @@ class EndpointRuntime(EventLoop):
     def _session_changed(self, session: Session, up: bool) -> None:
         if self._session_up.get(session.name) != up:
             self._session_up[session.name] = up
+            self.metrics.session_changed(session.name, up)
             self._write_status()
 
     def _consumer_changed(self, consuming: bool) -> None:
@@ -477,7 +484,9 @@ class EndpointRuntime(EventLoop):
             # Where the broker is, never who logs in (`compute-endpoint diagnose` checks it).
             "amqp_broker": public_address(self.queues.tasks.connection_url),
             "updated_unix": time.time(),
+            "metrics": self.metrics.where(),
         }
+        self.last_status = doc
         try:
             write_status(self.ep_dir, doc)
         except OSError as e:  # a full disk must not stop the endpoint; health turns stale
@@ -538,6 +547,7 @@ class EndpointRuntime(EventLoop):
         if not self._last_words_confirmed.wait(FINAL_HEARTBEAT_WAIT_S):
             log.warning("the final heartbeat was not confirmed in %ss", FINAL_HEARTBEAT_WAIT_S)
         self._pool.stop()
+        self.metrics.stop()  # before the last status.json, which then names no metrics port
         self._state = "stopped"
         self._session_up = dict.fromkeys(self._session_up, False)
         self._write_status()

@@ -18,6 +18,7 @@ from endpoint.engines.base import Engine
 from endpoint.engines.build import build_engine
 from endpoint.host.pidlock import PidLock
 from endpoint.runtime.adapter import EndpointRuntime
+from endpoint.runtime.metrics import metrics_for
 from endpoint.runtime.settings import RuntimeSettings
 
 
@@ -54,4 +55,5 @@ def build_runtime(
         pid_lock=pid_lock,
         title=f"Globus Compute Endpoint ({endpoint_id}, {name})",
         sessions=sessions,
+        metrics=metrics_for(config.metrics_address, config.metrics_port),
     )

@@ -154,6 +154,7 @@ def apply_credentials(runtime: EndpointRuntime, creds: AmqpCreds, port: int | No
     )
     for session, info in pairs:
         session.url = info.connection_url
+    runtime.metrics.credentials_refreshed()
 
 
 def watch_control(
