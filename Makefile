@@ -181,6 +181,11 @@ bench-startup: dev
 bench-routing: dev dockerd
 	$(BIN)/python bench/routing_bench.py
 
+## bench-drain: a deep queue (20,000 no-ops) waiting before start, ours vs the official: tasks/s, CPU, RSS
+.PHONY: bench-drain
+bench-drain: dev peers
+	PATH=$(CURDIR)/$(BIN):$$PATH PYTHONPATH=$(CURDIR) $(BIN)/python bench/drain_bench.py --peer-python $(PEER_VENV)/bin/python $(BENCH_ARGS)
+
 ## bench-scale: cost as the work grows (100k tasks, 1,000 task groups, 50 user endpoints, 1 GiB of 10 MB args)
 .PHONY: bench-scale
 bench-scale: dev peers

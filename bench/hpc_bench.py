@@ -38,9 +38,8 @@ from functools import partial
 from pathlib import Path
 
 from bench.endpoint_bench import first_result_at, line
-from devstack.stack import Stack
-from tests.hpc.conftest import cancel_jobs_under, jobs_under, official_url_env, slurm_problem
-from webservice.broker import free_port
+from devstack.stack import AnyPortStack
+from tests.hpc.conftest import cancel_jobs_under, jobs_under, slurm_problem
 
 HERE = Path(__file__).resolve().parent
 POLL_S = 0.25
@@ -76,17 +75,13 @@ def official_template(max_blocks: int) -> str:
     return ENGINE.format(max_blocks=max_blocks) + "heartbeat_period: 30\nidle_heartbeats_soft: 0\n"
 
 
-class SlurmStack(Stack):
-    """A stack on a free port whose official tools find it there; it notes when each process
-    was spawned (the start command's instant)."""
+class SlurmStack(AnyPortStack):
+    """A stack on a free port that notes when each process was spawned (the start command's
+    instant)."""
 
     def __init__(self) -> None:
-        super().__init__(port=free_port())
-        self.url_env = official_url_env(self.root, self.url)
+        super().__init__()
         self.spawned_at: dict[str, float] = {}
-
-    def client_env(self, user_dir: Path) -> dict[str, str]:
-        return {**super().client_env(user_dir), **self.url_env}
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
         self.spawned_at[name] = time.time()

@@ -41,7 +41,7 @@ from typing import Any
 
 import psutil
 
-from devstack.stack import Stack
+from devstack.stack import AnyPortStack, Stack
 
 ENGINE = "engine:\n  type: ThreadPoolEngine\n  max_workers: 2\n"
 OURS_CONFIG = ENGINE + "heartbeat_period: 30\n"
@@ -433,11 +433,12 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="every scenario small: CI's smoke run")
     args = p.parse_args()
     if args.quick:
-        args.tasks, args.groups, args.user_endpoints, args.big_total_mb = 3000, 20, 3, 40.0
+        args.tasks, args.groups, args.user_endpoints, args.big_total_mb = 1000, 10, 2, 20.0
     peer_bin = Path(args.peer_python).absolute().parent
     # The service reads its limit from the environment it inherits.
     os.environ["COMPUTE_WEBSERVICE_MAX_SUBMISSION_BYTES"] = str(BIG_SUBMISSION_LIMIT)
-    with Stack() as stack:
+    # A free port: CI runs the quick mode on the host network, beside other stacks.
+    with AnyPortStack() as stack:
         stack.start_service()
         for scenario in args.scenarios.split(","):
             run = SCENARIOS[scenario]

@@ -19,7 +19,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Self
 
-from webservice.broker import PrivateRabbit
+from devstack.official_url import official_url_env
+from webservice.broker import PrivateRabbit, free_port
 
 log = logging.getLogger(__name__)
 
@@ -266,3 +267,15 @@ class Stack:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class AnyPortStack(Stack):
+    """A stack on a free port, beside other stacks on the host network (benchmarks, HPC
+    tests): the official tools it starts find its service through `official_url_env`."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        super().__init__(root, port=free_port())
+        self.url_env = official_url_env(self.root, self.url)
+
+    def client_env(self, user_dir: Path) -> dict[str, str]:
+        return {**super().client_env(user_dir), **self.url_env}

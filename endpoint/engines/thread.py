@@ -79,6 +79,14 @@ class ThreadPoolEngine(PoolEngine):
                 self._running -= 1
         self._deliver(task.task_id, packed)
 
+    def inflight_target(self) -> int:
+        # The pool's queue is shared by its threads (the first free one takes the next task),
+        # so tasks waiting here never wait behind a busy worker: a deeper window only lets the
+        # endpoint's loop handle results, acks and journal writes in larger batches (a deep
+        # queue of no-ops cost ~0.45 CPU s per 1,000 tasks with 4 in flight, ~0.36 with 16).
+        # The cost: after a crash, every task handed over counts as started (EndpointInterrupted).
+        return max(16, 8 * self.max_workers)
+
     def _counts(self) -> tuple[int, int, int]:
         with self._lock:
             return self._pending, self._running, max(0, self.max_workers - self._running)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
+import re
 from collections import deque
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
@@ -58,19 +58,19 @@ class Plan:
         return bool(self.add_tasks or self.started or self.results or self.forget)
 
 
+_TASK_ID = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+)
+
+
 def is_task_id(value: str) -> bool:
     """A task id as the service makes them: a UUID in its 36-character hyphenated form.
 
     Anything else cannot come back: the result's message id (an AMQP short string, at most
     255 bytes) or the service's lookup would refuse it, and the result would be republished
     forever."""
-    if len(value) != 36:
-        return False
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
+    # A regular expression: uuid.UUID() was the largest single cost of a delivery.
+    return len(value) == 36 and _TASK_ID.fullmatch(value) is not None
 
 
 def _header_str(headers: dict[str, Any], key: str) -> str | None:
@@ -95,10 +95,11 @@ class RecentIds:
 
     @staticmethod
     def _key(task_id: str) -> bytes | str:
-        try:
-            return uuid.UUID(task_id).bytes
-        except ValueError:
-            return task_id  # not a UUID: the service never sends one, but keep it exact
+        # The 16 bytes of the UUID (any spelling); bytes.fromhex is several times cheaper
+        # than uuid.UUID() on this per-task path.
+        if is_task_id(task_id):
+            return bytes.fromhex(task_id.replace("-", ""))
+        return task_id  # not a UUID: the service never sends one, but keep it exact
 
     def add(self, task_id: str) -> None:
         if len(self._current) >= self.keep:

@@ -19,7 +19,6 @@ Every job of ours still queued when an endpoint's fixture ends is `scancel`ed by
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -275,36 +274,4 @@ def endpoint_factory(hpc: HpcStack) -> Iterator[Callable[[str, str], str]]:
 
 # ---- the official endpoint on a free port (test_official_slurm.py, bench/hpc_bench.py) ------
 
-#: A sitecustomize for the official endpoint's Python: when the SDK's client module loads, its
-#: service-URL lookup answers HPC_SDK_SERVICE_URL, as URL_PATCH does for SDK snippets. Only the
-#: official manager needs it (its user endpoint gets the broker's address from the manager).
-OFFICIAL_URL_HOOK = """
-import importlib.abc, importlib.machinery, os, sys
-
-class _PointAtService(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        url = os.environ.get("HPC_SDK_SERVICE_URL")
-        if name != "globus_compute_sdk.sdk.client" or not url:
-            return None
-        spec = importlib.machinery.PathFinder.find_spec(name, path)
-        if spec is None or spec.loader is None:
-            return spec
-        load = spec.loader.exec_module
-        def exec_module(module):
-            load(module)
-            module.get_web_service_url = lambda *_a, **_k: url
-        spec.loader.exec_module = exec_module
-        return spec
-
-sys.meta_path.insert(0, _PointAtService())
-"""
-
-
-def official_url_env(root: Path, url: str) -> dict[str, str]:
-    """Variables that point the official tools started with them (the endpoint's manager, SDK
-    scripts) at the service on `url`, through a sitecustomize written under `root`."""
-    hook = root / "official-url-hook"
-    hook.mkdir(parents=True, exist_ok=True)
-    (hook / "sitecustomize.py").write_text(OFFICIAL_URL_HOOK)
-    path = os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH", "")) if p)
-    return {"PYTHONPATH": path, "HPC_SDK_SERVICE_URL": url}
+# `official_url_env` lives in devstack.official_url (the benchmarks use it too).

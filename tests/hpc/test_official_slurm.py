@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from devstack.official_url import official_url_env
 from tests.hpc.conftest import (
     DEADLINE_S,
     NODES,
@@ -27,7 +28,6 @@ from tests.hpc.conftest import (
     cancel_jobs_under,
     ended_as,
     jobs_under,
-    official_url_env,
     wait_for,
 )
 from tests.hpc.test_slurm import PRELUDE, config
