@@ -20,7 +20,7 @@ squeue is polled every 0.25 s. Prints `slurm.FIGURE ours=X official=Y ratio=Z` (
 `line()`: ratio > 1 means ours is better). One trial each: the machine is shared and noisy.
 
 The official SDK's `local` environment is fixed at localhost:5000; a sitecustomize on the
-official tools' PYTHONPATH (tests/hpc/conftest.py `official_url_env`) points them at the
+official tools' PYTHONPATH (devstack/official_url.py) points them at the
 free port instead. Slurm listens on the host's 127.0.0.1, so this runs in the host network.
 """
 
