@@ -4,6 +4,7 @@
                              [--max-connections N] [--header-timeout S]
                              [--max-submission-bytes SIZE]
     compute-webservice create-client [--db F] [--name N] [--client-id ID] [--client-secret S]
+                                     [--username local@domain]
 
 Exit codes: 0 ok, 1 the service could not start, 2 bad usage (argparse), 3 broker start failed.
 """
@@ -111,6 +112,11 @@ def _parser() -> argparse.ArgumentParser:
     client.add_argument("--name", default="", help="a display name")
     client.add_argument("--client-id", help="use this id (a UUID) instead of a new one")
     client.add_argument("--client-secret", help="use this secret instead of a random one")
+    client.add_argument(
+        "--username",
+        help="the identity's username (local@domain; default <client_id>@clients.auth.globus.org)"
+        ", what authentication policies match domains against",
+    )
     return parser
 
 
@@ -176,7 +182,9 @@ def _create_client(args: argparse.Namespace) -> int:
             and args.client_secret
             and store.credentials.verify_client(args.client_id, args.client_secret)
         )
-        cid, secret = store.credentials.create_client(args.name, args.client_id, args.client_secret)
+        cid, secret = store.credentials.create_client(
+            args.name, args.client_id, args.client_secret, args.username
+        )
         if not same:
             # A new secret also retires the client's broker password (`principals.py`); the
             # same one again (the appliance re-creates its client at every start) does not.

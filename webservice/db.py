@@ -10,7 +10,7 @@ import logging
 import os
 import sqlite3
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -125,6 +125,29 @@ CREATE TABLE IF NOT EXISTS deleted_endpoints (
     deleted_at REAL NOT NULL
 );
 
+-- Authentication policies (`store/policies.py`); the domain lists are JSON (NULL: not set).
+CREATE TABLE IF NOT EXISTS policies (
+    policy_id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    project_id TEXT,
+    display_name TEXT NOT NULL,
+    description TEXT NOT NULL,
+    high_assurance INTEGER NOT NULL,
+    authentication_assurance_timeout INTEGER,
+    required_mfa INTEGER NOT NULL,
+    domain_constraints_include TEXT,
+    domain_constraints_exclude TEXT,
+    created REAL NOT NULL
+);
+
+-- A client's username when it is not `<client_id>@clients.auth.globus.org` (create-client
+-- --username): what authentication policies match domains against. A table of its own, so
+-- that a database made before it gains it at start (schema version unchanged).
+CREATE TABLE IF NOT EXISTS client_usernames (
+    client_id TEXT PRIMARY KEY,
+    username TEXT NOT NULL
+);
+
 CREATE TABLE IF NOT EXISTS heartbeats (
     endpoint_id TEXT PRIMARY KEY,
     received_at REAL NOT NULL,
@@ -155,7 +178,13 @@ def _create_private(path: Path) -> None:
     SQLite gives its -wal and -shm files the database file's mode, so they are private too.
     """
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    # Never open and close an existing database file: closing any descriptor of it drops every
+    # POSIX lock this process holds on it, those of an open SQLite connection included (a
+    # second `Database` in the service's process: tests, tools). Another process's last
+    # connection then takes itself for the only one and deletes the WAL under the first, which
+    # from then on never sees that process's writes (a `create-client` client unknown to it).
+    with suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     os.chmod(path, 0o600)  # also a file made before this rule, or under a loose umask
 
 

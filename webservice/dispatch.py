@@ -47,6 +47,7 @@ from webservice.limits import (
 )
 from webservice.liveness import is_online
 from webservice.models import SubmitIn, canonical_uuid
+from webservice.policy_check import check_policy
 from webservice.principals import Principals
 from webservice.security import Caller
 from webservice.settings import Settings
@@ -145,6 +146,7 @@ class Dispatcher:
             raise NotFound(f"endpoint {endpoint_id} not found")
         if endpoint.owner != caller.identity and not endpoint.public:
             raise Forbidden(f"endpoint {endpoint_id} is not yours and not public")
+        check_policy(self._store, caller, endpoint)
         return endpoint
 
     def _functions_for_submit(

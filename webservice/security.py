@@ -13,7 +13,7 @@ from fastapi import Depends, Request
 from webservice.context import Services, get_services
 from webservice.errors import OAuthError, Unauthorized
 from webservice.scopes import COMPUTE_RS
-from webservice.store.credentials import Client
+from webservice.store.credentials import Client, TokenRecord
 
 #: Where the edge (`edge.py`) keeps the caller it authenticated before reading the body.
 CALLER_STATE = "caller"
@@ -26,6 +26,8 @@ class Caller:
     client: Client
     resource_server: str
     scopes: tuple[str, ...]
+    #: The access token's record (authentication policies check when its login happened).
+    token: TokenRecord | None = None
 
     @property
     def identity(self) -> str:
@@ -49,7 +51,7 @@ def _caller(services: Services, token: str) -> Caller:
     client = services.store.credentials.get_client(record.client_id) if record else None
     if record is None or client is None:
         raise Unauthorized("the Bearer token is unknown, expired or revoked")
-    return Caller(client, record.resource_server, record.scopes)
+    return Caller(client, record.resource_server, record.scopes, record)
 
 
 # The dependencies are coroutines on purpose: FastAPI runs plain `def` dependencies in a

@@ -8,6 +8,7 @@ login are used. Tokens are cached in that same store, so a restart makes no toke
 from __future__ import annotations
 
 import contextlib
+import functools
 import getpass
 import logging
 import os
@@ -41,6 +42,9 @@ _GLOBUSCS_ENVS = {"sandbox", "test", "integration", "staging"}
 
 #: The token store, shared by every login of a user dir (as the official endpoint's).
 STORAGE_FILE = "storage.db"
+
+#: Where the service keeps authentication policies (Globus Auth's policy API path).
+POLICIES_PATH = "/v2/api/policies"
 
 #: Our own override, for tests and appliances that run the service on another port.
 SERVICE_URL_ENV = "COMPUTE_SERVICE_URL"
@@ -210,6 +214,18 @@ class ComputeService:
     def lock(self, endpoint_id: str) -> None:
         """Refuse the endpoint's registrations for a while (`stop --remote`)."""
         self._call("lock", self._v3.lock_endpoint, endpoint_id)
+
+    def create_policy(self, policy: dict[str, Any]) -> dict[str, Any]:
+        """POST an authentication policy (Globus Auth's shape); the policy as created."""
+        post = functools.partial(self._v2.post, data={"policy": policy})
+        data = self._call("create authentication policy", post, POLICIES_PATH)
+        created = data.get("policy")
+        if not isinstance(created, dict) or not isinstance(created.get("id"), str):
+            raise ServiceError("create authentication policy: the answer names no policy id")
+        return created
+
+    def delete_policy(self, policy_id: str) -> None:
+        self._call("delete authentication policy", self._v2.delete, f"{POLICIES_PATH}/{policy_id}")
 
 
 #: The official endpoint version whose protocol we speak (for the service's min_ep_version).

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from endpoint import __version__
-from endpoint.admin import auth, boot, configure, start, stop
+from endpoint.admin import auth, boot, configure, policies, start, stop
 from endpoint.admin import delete as deletion
 from endpoint.admin.listing import list_endpoints
 from endpoint.admin.service import ENDPOINT_PROTOCOL_VERSION
@@ -121,7 +121,10 @@ def _configure_options(args: argparse.Namespace) -> configure.Options:
 
 
 def cmd_configure(args: argparse.Namespace) -> int:
-    created = configure.configure(args.name, _configure_options(args))
+    opts, doc = _configure_options(args), policy.document(policy.from_args(args))
+    created, policy_id = policies.configure_with_policy(args.name, opts, doc, PROMPT)
+    if policy_id is not None:
+        print(f"Created authentication policy {policy_id}")
     print(f"Created profile for endpoint named <{args.name}>\n")
     print(f"\tConfiguration file: {created.config}")
     for path in created.files[1:]:

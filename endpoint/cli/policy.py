@@ -1,11 +1,10 @@
 """`configure`'s authentication policy options (official 4.19 names and rules).
 
-`--auth-policy UUID` names an existing Globus Auth policy: it is written to config.yaml as
-`authentication_policy` and sent when the endpoint registers, which is all the Compute
-protocol carries of a policy. The other options ask `configure` to *create* a policy: a call to
-Globus Auth's policy API (and its project API when no project is named), not to the Compute
-service. The local web service offers neither API, so after the official checks between the
-options they are refused with what to do instead; nothing is written.
+`--auth-policy UUID` names an existing policy: it is written to config.yaml as
+`authentication_policy` and sent when the endpoint registers. The other options ask
+`configure` to *create* a policy first, at the service's policy API (Globus Auth's shape,
+`POST /v2/api/policies`; see endpoint/admin/policies.py), and write the id it answers.
+There is no project API: `--auth-policy-project-id` is stored with the policy as given.
 """
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ from __future__ import annotations
 import argparse
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from endpoint.errors import LifecycleError
 
@@ -23,12 +23,6 @@ DEFAULT_POLICY_DESCRIPTION = "This policy was created automatically by Globus Co
 HIGH_ASSURANCE = (
     "High-Assurance endpoints are not supported: they must keep a per-task audit log, which "
     "this endpoint does not implement (configure without --high-assurance)"
-)
-NO_POLICY_API = (
-    "creating an authentication policy ({flags}) needs Globus Auth's policy API, which the "
-    "service this endpoint registers with does not offer; create the policy in Globus Auth "
-    "(https://docs.globus.org/api/auth/developer-guide/#authentication-policies) and pass "
-    "its id with --auth-policy UUID"
 )
 
 
@@ -59,8 +53,8 @@ class PolicyRequest:
 
 
 def check(req: PolicyRequest) -> None:
-    """The official rules first (so a script learns the same thing as upstream would tell
-    it), then what this service cannot do."""
+    """The official rules (so a script learns the same thing as upstream would tell it),
+    then what this service cannot do (High-Assurance)."""
     creating = req.creation_flags
     if creating and req.auth_policy:
         raise LifecycleError(
@@ -73,8 +67,6 @@ def check(req: PolicyRequest) -> None:
         raise LifecycleError("MFA may only be required by High-Assurance (HA) policies")
     if req.high_assurance:
         raise LifecycleError(HIGH_ASSURANCE)
-    if creating:
-        raise LifecycleError(NO_POLICY_API.format(flags=", ".join(creating)))
 
 
 def _uuid(text: str) -> str:
@@ -104,8 +96,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group = parser.add_argument_group(
         "authentication policy creation",
-        "create a Globus Auth policy for the endpoint (needs Globus Auth's policy API, which "
-        "the local service does not offer: refused, with what to do instead)",
+        "create an authentication policy at the service (with the same credentials as "
+        "`start`) and write its id as authentication_policy; nothing is written if that fails",
     )
     group.add_argument("--auth-policy-project-id", type=_uuid, metavar="UUID")
     group.add_argument(
@@ -141,3 +133,27 @@ def from_args(args: argparse.Namespace) -> PolicyRequest:
         excluded_domains=args.excluded_domains,
         auth_timeout=args.auth_timeout,
     )
+
+
+def _domains(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    return [d.strip() for d in text.split(",") if d.strip()]
+
+
+def document(req: PolicyRequest) -> dict[str, Any] | None:
+    """The policy to create, as Globus Auth's API takes it (None: no creation flag given)."""
+    if not req.creation_flags:
+        return None
+    doc: dict[str, Any] = {
+        "display_name": req.display_name or DEFAULT_POLICY_NAME,
+        "description": req.description or DEFAULT_POLICY_DESCRIPTION,
+        "high_assurance": req.high_assurance,
+        "required_mfa": req.mfa_required,
+        "authentication_assurance_timeout": req.auth_timeout,
+        "domain_constraints_include": _domains(req.allowed_domains),
+        "domain_constraints_exclude": _domains(req.excluded_domains),
+    }
+    if req.project_id:
+        doc["project_id"] = req.project_id
+    return doc

@@ -223,12 +223,7 @@ def test_an_existing_auth_policy_is_written_and_sent(user_dir: Path) -> None:
             "MFA may only be required by High-Assurance",
         ),
         (["--high-assurance"], "High-Assurance endpoints are not supported"),
-        (
-            ["--allowed-domains", "globus.org,*.edu", "--auth-timeout", "60"],
-            "creating an authentication policy (--allowed-domains, --auth-timeout) needs Globus"
-            " Auth's policy API",
-        ),
-        (["--auth-policy-display-name", "P"], "pass its id with --auth-policy UUID"),
+        # Creating a policy: tests/unit/test_configure_policy.py.
     ],
 )
 def test_policy_options_follow_the_official_rules_then_say_what_to_do(

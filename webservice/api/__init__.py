@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from webservice.api import bench, endpoints, functions, meta, oauth, submit, tasks
+from webservice.api import bench, endpoints, functions, meta, oauth, policies, submit, tasks
 
 ROUTERS = [
     meta.router,
@@ -12,4 +12,5 @@ ROUTERS = [
     submit.router,
     tasks.router,
     bench.router,
+    policies.router,
 ]

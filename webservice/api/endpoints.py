@@ -10,9 +10,9 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends
 
 from webservice.context import Services, get_services
-from webservice.errors import Conflict, Forbidden, Locked, NotFound
+from webservice.errors import BadRequest, Conflict, Forbidden, Locked, NotFound
 from webservice.liveness import status_doc
-from webservice.models import EndpointIn
+from webservice.models import EndpointIn, canonical_uuid
 from webservice.security import Caller, CallerDep
 from webservice.store.endpoints import MANAGER, SINGLE_USER, Endpoint
 
@@ -35,6 +35,25 @@ def _owned(services: Services, caller: Caller, endpoint_id: uuid.UUID) -> Endpoi
     return endpoint
 
 
+def _check_policy(services: Services, caller: Caller, body: EndpointIn) -> None:
+    """An authentication_policy must be one of the registering identity's own policies:
+    naming a foreign or made-up one would make the endpoint's access rule someone else's."""
+    if body.authentication_policy is None:
+        return
+    try:
+        policy_id = canonical_uuid(body.authentication_policy)
+    except ValueError:
+        raise BadRequest("authentication_policy is not a UUID") from None
+    policy = services.store.policies.get(policy_id)
+    if policy is None or policy.owner != caller.identity:
+        raise BadRequest(
+            f"authentication_policy {policy_id} is not a policy of yours; create one with "
+            "POST /v2/api/policies (or `compute-endpoint configure --allowed-domains ...`)",
+            code="INVALID_AUTHENTICATION_POLICY",
+        )
+    body.authentication_policy = policy_id
+
+
 async def _register(
     services: Services, caller: Caller, endpoint_id: str, body: EndpointIn
 ) -> dict[str, Any]:
@@ -48,6 +67,7 @@ async def _register(
             raise Forbidden(f"endpoint {endpoint_id} belongs to another identity")
         if existing.locked():
             raise Locked(f"endpoint {endpoint_id} is locked; registration refused until it expires")
+    _check_policy(services, caller, body)
     single = body.metadata.get(ENDPOINT_MODE_KEY) == SINGLE_USER
     endpoint = Endpoint(
         endpoint_id=endpoint_id,

@@ -7,6 +7,7 @@ from webservice.store.credentials import CredentialStore
 from webservice.store.endpoints import EndpointStore
 from webservice.store.functions import FunctionStore
 from webservice.store.heartbeats import HeartbeatStore
+from webservice.store.policies import PolicyStore
 from webservice.store.principals import PrincipalStore
 from webservice.store.tasks import TaskStore
 
@@ -22,6 +23,7 @@ class Store:
         self.tasks = TaskStore(db)
         self.heartbeats = HeartbeatStore(db)
         self.principals = PrincipalStore(db)
+        self.policies = PolicyStore(db)
 
     @classmethod
     def open(cls, path: str) -> Store:
@@ -36,6 +38,7 @@ __all__ = [
     "EndpointStore",
     "FunctionStore",
     "HeartbeatStore",
+    "PolicyStore",
     "PrincipalStore",
     "Store",
     "TaskStore",

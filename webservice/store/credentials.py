@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from webservice.db import Database
 
@@ -16,6 +18,9 @@ REFRESH = "refresh"
 
 #: The shortest client secret accepted or created (a random one has 43 characters).
 MIN_SECRET_LENGTH = 24
+
+#: A configured username: `local@domain`, in the characters identity usernames use.
+USERNAME_RE = re.compile(r"[A-Za-z0-9._+-]{1,64}@[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63}){0,8}")
 
 
 def token_hash(token: str) -> str:
@@ -37,10 +42,12 @@ def identity_username(identity: str) -> str:
 class Client:
     client_id: str
     name: str
+    #: Set with `create-client --username`; otherwise Globus Auth's name for a client.
+    configured_username: str | None = None
 
     @property
     def username(self) -> str:
-        return identity_username(self.client_id)
+        return self.configured_username or identity_username(self.client_id)
 
 
 @dataclass(frozen=True)
@@ -54,21 +61,38 @@ class TokenRecord:
     refresh_hash: str | None
 
 
+_CLIENT_COLUMNS = (
+    "c.client_id, c.name, u.username FROM clients c"
+    " LEFT JOIN client_usernames u ON u.client_id = c.client_id"
+)
+
+
+def _client(row: Any) -> Client:
+    return Client(row["client_id"], row["name"], row["username"])
+
+
 class CredentialStore:
     def __init__(self, db: Database) -> None:
         self._db = db
 
     def create_client(
-        self, name: str = "", client_id: str | None = None, secret: str | None = None
+        self,
+        name: str = "",
+        client_id: str | None = None,
+        secret: str | None = None,
+        username: str | None = None,
     ) -> tuple[str, str]:
         """Create (or reset the secret of) a client; returns its id and the clear secret.
 
-        Raises ValueError for a chosen secret shorter than MIN_SECRET_LENGTH.
+        Raises ValueError for a chosen secret shorter than MIN_SECRET_LENGTH, or a username
+        that is not `local@domain`.
         """
         cid = str(uuid.UUID(client_id)) if client_id else str(uuid.uuid4())
         secret = secret or secrets.token_urlsafe(32)
         if len(secret) < MIN_SECRET_LENGTH:
             raise ValueError(f"a client secret needs at least {MIN_SECRET_LENGTH} characters")
+        if username is not None and not USERNAME_RE.fullmatch(username):
+            raise ValueError(f"a username is local@domain (letters, digits, ._+-): {username!r}")
         salt = secrets.token_hex(8)
         with self._db.tx() as c:
             c.execute(
@@ -77,17 +101,22 @@ class CredentialStore:
                 " name=excluded.name",
                 (cid, f"{salt}${_secret_hash(secret, salt)}", name or cid, time.time()),
             )
+            if username is not None:
+                c.execute(
+                    "INSERT OR REPLACE INTO client_usernames (client_id, username) VALUES (?,?)",
+                    (cid, username),
+                )
         return cid, secret
 
     def get_client(self, client_id: str) -> Client | None:
         row = self._db.conn.execute(
-            "SELECT client_id, name FROM clients WHERE client_id=?", (client_id,)
+            f"SELECT {_CLIENT_COLUMNS} WHERE c.client_id=?", (client_id,)
         ).fetchone()
-        return Client(row["client_id"], row["name"]) if row else None
+        return _client(row) if row else None
 
     def verify_client(self, client_id: str, secret: str) -> Client | None:
         row = self._db.conn.execute(
-            "SELECT client_id, name, secret_hash FROM clients WHERE client_id=?", (client_id,)
+            f"SELECT c.secret_hash, {_CLIENT_COLUMNS} WHERE c.client_id=?", (client_id,)
         ).fetchone()
         if row is None:
             return None
@@ -96,7 +125,7 @@ class CredentialStore:
         salt, _, digest = row["secret_hash"].partition("$")
         if not hmac.compare_digest(digest, _secret_hash(secret, salt)):
             return None
-        return Client(row["client_id"], row["name"])
+        return _client(row)
 
     def issue(
         self,
@@ -163,3 +192,14 @@ class CredentialStore:
     def purge_expired(self) -> int:
         with self._db.tx() as c:
             return c.execute("DELETE FROM tokens WHERE expires_at <= ?", (time.time(),)).rowcount
+
+    def logged_in_at(self, record: TokenRecord) -> float:
+        """When the login behind an access token happened: the issue time of the refresh
+        token it was minted from (refreshing is not logging in again), else its own."""
+        if record.refresh_hash:
+            row = self._db.conn.execute(
+                "SELECT issued_at FROM tokens WHERE token_hash=?", (record.refresh_hash,)
+            ).fetchone()
+            if row is not None:
+                return float(row["issued_at"])
+        return record.issued_at

@@ -140,6 +140,15 @@ class EndpointStore:
         ).fetchone()
         return None if row is None else str(row["owner"])
 
+    def with_policy(self, policy_id: str) -> list[str]:
+        """The endpoints whose registration names `policy_id` as authentication_policy."""
+        rows = self._db.conn.execute(
+            "SELECT endpoint_id FROM endpoints"
+            " WHERE json_extract(registration, '$.authentication_policy') = ?",
+            (policy_id,),
+        ).fetchall()
+        return [str(r["endpoint_id"]) for r in rows]
+
     def uep_ids(self, manager_id: str) -> list[str]:
         rows = self._db.conn.execute(
             "SELECT uep_id FROM user_endpoints WHERE manager_id=?", (manager_id,)
