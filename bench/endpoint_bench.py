@@ -30,23 +30,14 @@ from typing import Any
 import echo_endpoint  # type: ignore[import-not-found,unused-ignore]  # bench/ is on sys.path as a script
 import psutil
 
-from devstack.stack import Stack
+from devstack.stack import Stack, local_gce_engine
 
 HERE = Path(__file__).resolve().parent
 ENGINES = {"thread": "ThreadPoolEngine", "process": "ProcessPoolEngine", "gce": "GCE"}
 IDLE_SETTLE_S = 3.0
 
 # Same engine block for both endpoints: 2 workers on one local block, loopback only.
-GCE_BLOCK = """engine:
-  type: GlobusComputeEngine
-  max_workers_per_node: 2
-  address: 127.0.0.1
-  provider:
-    type: LocalProvider
-    init_blocks: 1
-    min_blocks: 1
-    max_blocks: 1
-"""
+GCE_BLOCK = "engine:\n" + local_gce_engine(min_blocks=1)
 
 
 def engine_block(engine: str) -> str:

@@ -149,8 +149,8 @@ print(json.dumps({"stream": stream, "groups": groups, "manager": manager,
 """
 
 
-def tree_rss(pid: int) -> float:
-    """RSS of a process and its descendants, MB (0 when it is gone)."""
+def _tree_sum(pid: int, measure: Callable[[psutil.Process], int]) -> float:
+    """`measure` summed over a process and its descendants, MB (0 when it is gone)."""
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
@@ -159,27 +159,21 @@ def tree_rss(pid: int) -> float:
     total = 0
     for proc in procs:
         try:
-            total += proc.memory_info().rss
+            total += measure(proc)
         except psutil.NoSuchProcess:
             continue
     return total / MB
+
+
+def tree_rss(pid: int) -> float:
+    """RSS of a process and its descendants, MB."""
+    return _tree_sum(pid, lambda p: p.memory_info().rss)
 
 
 def tree_pss(pid: int) -> float:
     """Proportional set size of a process tree, MB: forked children share the pages of their
     parent, which RSS would count once per child."""
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0.0
-    total = 0
-    for proc in procs:
-        try:
-            total += proc.memory_full_info().pss
-        except psutil.NoSuchProcess:
-            continue
-    return total / MB
+    return _tree_sum(pid, lambda p: p.memory_full_info().pss)
 
 
 def user_endpoints(manager_pid: int) -> list[psutil.Process]:

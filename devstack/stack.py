@@ -28,6 +28,21 @@ log = logging.getLogger(__name__)
 SDK_LOCAL_PORT = 5000
 
 
+def local_gce_engine(workers: int = 2, min_blocks: int = 0) -> str:
+    """The body of an `engine:` block (indented, without the key): a GlobusComputeEngine with
+    one LocalProvider block on loopback, as the tests and benchmarks run it."""
+    return (
+        "  type: GlobusComputeEngine\n"
+        f"  max_workers_per_node: {workers}\n"
+        "  address: 127.0.0.1\n"
+        "  provider:\n"
+        "    type: LocalProvider\n"
+        "    init_blocks: 1\n"
+        f"    min_blocks: {min_blocks}\n"
+        "    max_blocks: 1\n"
+    )
+
+
 def _bin(name: str) -> str:
     here = Path(sys.executable).parent / name
     return str(here) if here.exists() else (shutil.which(name) or name)

@@ -14,22 +14,13 @@ import subprocess
 
 import pytest
 
-from devstack.stack import Stack
+from devstack.stack import Stack, local_gce_engine
 from tests.containers.byo_images import build_byo_images, copy_to_podman
 from tests.containers.images import podman_conf
 from tests.e2e.conftest import SdkRunner
 
 ENGINES = {
-    "gce": """\
-  type: GlobusComputeEngine
-  max_workers_per_node: 2
-  address: 127.0.0.1
-  provider:
-    type: LocalProvider
-    init_blocks: 1
-    min_blocks: 0
-    max_blocks: 1
-""",
+    "gce": local_gce_engine(),
     "process": """\
   type: ProcessPoolEngine
   max_workers: 2

@@ -8,22 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-from devstack.stack import Stack
+from devstack.stack import Stack, local_gce_engine
 from tests.e2e.conftest import SdkRunner
 
-CONFIG = """\
-display_name: gce
-heartbeat_period: 5
-engine:
-  type: GlobusComputeEngine
-  max_workers_per_node: 2
-  address: 127.0.0.1
-  provider:
-    type: LocalProvider
-    init_blocks: 1
-    min_blocks: 0
-    max_blocks: 1
-"""
+CONFIG = "display_name: gce\nheartbeat_period: 5\nengine:\n" + local_gce_engine()
 
 PRELUDE = """
 import json

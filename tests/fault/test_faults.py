@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from devstack.stack import local_gce_engine
 from tests.fault.harness import FaultStack, Outcome, configured_stack, report, seeds, values
 
 pytestmark = pytest.mark.fault
@@ -313,18 +314,7 @@ def test_case07_task_longer_than_consumer_timeout_loses_no_channel(
     assert "PRECONDITION_FAILED" not in log and "reconnecting" not in log
 
 
-GCE_CONFIG = """\
-engine:
-  type: GlobusComputeEngine
-  max_workers_per_node: 2
-  address: 127.0.0.1
-  provider:
-    type: LocalProvider
-    init_blocks: 1
-    min_blocks: 1
-    max_blocks: 1
-heartbeat_period: 5
-"""
+GCE_CONFIG = "engine:\n" + local_gce_engine(min_blocks=1) + "heartbeat_period: 5\n"
 
 
 def _descendants_matching(pid: int, needle: str) -> list[int]:

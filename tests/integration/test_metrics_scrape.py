@@ -23,6 +23,7 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from devstack.stack import local_gce_engine
 from endpoint.host.status import read_status
 from endpoint.protocol.serialize import pack_buffers, serialize
 from tests.fault.harness import FaultStack, values
@@ -34,17 +35,7 @@ COMMON = "heartbeat_period: 5\nmetrics_port: 0\n"
 ENGINES: dict[str, str] = {
     "ThreadPoolEngine": "engine:\n  type: ThreadPoolEngine\n  max_workers: 2\n",
     "ProcessPoolEngine": "engine:\n  type: ProcessPoolEngine\n  max_workers: 2\n",
-    "GlobusComputeEngine": """\
-engine:
-  type: GlobusComputeEngine
-  max_workers_per_node: 2
-  address: 127.0.0.1
-  provider:
-    type: LocalProvider
-    init_blocks: 1
-    min_blocks: 0
-    max_blocks: 1
-""",
+    "GlobusComputeEngine": "engine:\n" + local_gce_engine(),
 }
 PLAIN = "plain"  # an endpoint without metrics_port
 MANAGER = "mgr"
