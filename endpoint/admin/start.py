@@ -136,6 +136,8 @@ def _become_daemon(run: _Run, me: daemon.Daemon, debug: bool) -> None:
 def _run_endpoint(run: _Run, reg: service.Registration) -> None:
     runtime = endpoint_runtime(run, reg)
     runtime.install_signal_handlers()
+    # Every prompt (login, confirmations) is behind us; from here tasks run.
+    daemon.release_stdin()
     runtime.run()
 
 

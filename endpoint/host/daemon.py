@@ -81,13 +81,23 @@ def detach(log_path: Path, work_dir: Path) -> Parent | Daemon:
 
 
 def _redirect_stdio(log_path: Path) -> None:
-    devnull = os.open(os.devnull, os.O_RDONLY)
+    release_stdin()
     out = open_log(log_path)
-    os.dup2(devnull, 0)
     os.dup2(out, 1)
     os.dup2(out, 2)
-    os.close(devnull)
     os.close(out)
+
+
+def release_stdin() -> None:
+    """Point fd 0 at /dev/null. A task (a thread of this process, or a worker that inherits
+    fd 0) must never read the terminal a foreground endpoint was started from: `input()` would
+    hang the task and steal the operator's keystrokes. Ctrl-C still arrives: signals come from
+    the terminal, not from stdin."""
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    try:
+        os.dup2(devnull, 0)
+    finally:
+        os.close(devnull)
 
 
 def _await_ready(read_fd: int, log_path: Path) -> int:

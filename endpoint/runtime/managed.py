@@ -28,6 +28,7 @@ from endpoint.config import EndpointConfig
 from endpoint.config.rendered import validate_rendered
 from endpoint.errors import AlreadyRunning, EndpointError, ProtocolError, SetupFailed
 from endpoint.host import hooks, logs
+from endpoint.host.daemon import release_stdin
 from endpoint.host.dirs import export_paths, run_paths, user_dir
 from endpoint.host.files import open_log
 from endpoint.host.pidlock import PidLock
@@ -194,11 +195,22 @@ def _failure_text(e: EndpointError) -> str:
     return str(e)
 
 
+def _private_control(fd: int) -> int:
+    """The manager's control pipe, moved off fd 0 when it is there: tasks (threads here, or
+    workers, which inherit fd 0) must neither read control messages nor keep the pipe open.
+    `os.dup` makes a non-inheritable copy; fd 0 then reads /dev/null."""
+    if fd != 0:
+        return fd
+    moved = os.dup(0)
+    release_stdin()
+    return moved
+
+
 def serve(control_fd: int = 0, status_fd: int | None = None) -> int:
     """Run one user endpoint to its end; the process exit code."""
     forbid_new_privileges()
     status = StatusPipe(status_fd)
-    stream = os.fdopen(control_fd, "rb")
+    stream = os.fdopen(_private_control(control_fd), "rb")
     try:
         doc = _read_launch(stream)
     except ProtocolError as e:
