@@ -40,6 +40,11 @@ def work(i, secs):
 def poison(i):
     import os
     os._exit(3)
+
+def padded(i, secs, pad):
+    import time
+    time.sleep(secs)
+    return i
 """
 
 

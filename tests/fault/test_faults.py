@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from devstack.stack import local_gce_engine
+from endpoint.runtime.journal import SPILL_BYTES
 from tests.fault.harness import FaultStack, Outcome, configured_stack, report, seeds, values
 
 pytestmark = pytest.mark.fault
@@ -129,6 +130,36 @@ def test_case01_kill9_at_each_step_of_the_task_path(
     assert_codes(outcome, {"EndpointInterrupted"})
     done = values(outcome.results)
     assert all(done[t] == i % 15 for i, t in enumerate(ids) if t in done)
+
+
+def test_case01_kill9_with_large_tasks_whose_bodies_live_beside_the_journal(
+    stack: FaultStack,
+) -> None:
+    """Bodies over SPILL_BYTES are files beside the journal (endpoint/runtime/journal.py). A
+    kill -9 while most such tasks wait for a worker: the restart runs them from those files,
+    loses none, runs none twice, and once every result is confirmed no body file is left."""
+    endpoint_id = stack.start_endpoint(ENDPOINT)
+    bodies = stack.root / "user" / ENDPOINT / "journal.db-bodies"
+    pad = b"p" * (SPILL_BYTES + 1)
+    ids, group = stack.submit(endpoint_id, "padded", [(i, 0.5, pad) for i in range(12)], None)
+    deadline = time.monotonic() + 60
+    while len(list(bodies.iterdir())) < 8:  # journaled (and acked) while 2 workers are busy
+        assert time.monotonic() < deadline, "the large tasks were never journaled"
+        time.sleep(0.05)
+    kill9(stack)
+    log_start = len(stack.log_text(f"endpoint:{ENDPOINT}"))
+    stack.start_endpoint(ENDPOINT)
+    try:
+        outcome = Outcome(set(ids), stack.collect(group, len(ids), timeout=120))
+    finally:
+        stack.stop_endpoint(ENDPOINT)
+    check("case01 large bodies", outcome)
+    assert_codes(outcome, {"EndpointInterrupted"})
+    ran = re.search(r"(\d+) to run", stack.log_text(f"endpoint:{ENDPOINT}")[log_start:])
+    assert ran and int(ran.group(1)) >= 6  # the waiting tasks ran from their files
+    done = values(outcome.results)
+    assert all(done[t] == i for i, t in enumerate(ids) if t in done)
+    assert not list(bodies.iterdir())
 
 
 #: Broker outages of 10 s (several seeds) and one of 60 s: longer than every reconnect backoff
