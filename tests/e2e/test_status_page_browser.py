@@ -162,7 +162,8 @@ def test_sign_in_and_watch_an_endpoint_its_tasks_and_its_end(
     shots.take("endpoint-offline")
 
     browser.find_element(By.ID, "sign-out").click()
-    assert browser.current_url.endswith("/status/login")
+    # The click posts a form: the browser follows the redirect in its own time.
+    WebDriverWait(browser, 60).until(lambda d: d.current_url.endswith("/status/login"))
     browser.get(f"{stack.url}/status/endpoints/{ep}")
     assert browser.current_url.endswith("/status/login")
     shots.take("signed-out")

@@ -19,11 +19,13 @@ import stat
 import subprocess
 import sys
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from endpoint.host.status import read_status
 from tests.fault.harness import FaultStack, values
 from webservice.broker import free_port
 
@@ -83,6 +85,11 @@ def ran(stack: FaultStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     tasks, group = stack.submit(endpoint_id, "work", [(i, 0) for i in range(5)], None)
     results = stack.collect(group, len(tasks), timeout=180)
     assert sorted(values(results).values()) == [0, 1, 2, 3, 4], stack.log_text(f"endpoint:{NAME}")
+    # The pool's versions reach status.json with a heartbeat after it registered: wait for it.
+    deadline = time.monotonic() + 120
+    while not ((read_status(ep_dir) or {}).get("engine") or {}).get("node_info"):
+        assert time.monotonic() < deadline, read_status(ep_dir)
+        time.sleep(0.5)
     # What a log line could carry: a connection URL, an Authorization header, the client secret,
     # the access token the endpoint's login cached.
     with open(ep_dir / "endpoint.log", "a") as log:
