@@ -102,16 +102,6 @@ class DrainStack(AnyPortStack):
         self._spawn(name, argv, env)
         return self.procs[name].pid
 
-    def rest(self, method: str, path: str, body: Any = None) -> Any:
-        req = urllib.request.Request(
-            f"{self.url}{path}",
-            data=None if body is None else json.dumps(body).encode(),
-            method=method,
-            headers={"Authorization": f"Bearer {self.token()}", "Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return json.load(resp)
-
     def queue_names(self) -> set[str]:
         """Every queue of the broker, through the management API (as its administrator)."""
         parts = urllib.parse.urlsplit(self.rabbit.admin_url)
@@ -144,7 +134,7 @@ def prepare_work(stack: DrainStack, peer_python: str, seconds: float) -> Work:
         check=True,
     ).stdout
     ser = json.loads(out.strip().splitlines()[-1])
-    reg = stack.rest(
+    reg = stack.api(
         "POST",
         "/v3/functions",
         {"function_name": ser["name"], "function_code": ser["code"], "serialized": True},
@@ -419,7 +409,7 @@ def prepare_official(
 def submit_one(stack: DrainStack, endpoint_id: str, work: Work, wait: bool) -> str:
     """One task through the service's submit route; with `wait`, until its result is stored."""
     body = {"create_queue": True, "tasks": {work.function_id: [work.payload]}}
-    out = stack.rest("POST", f"/v3/endpoints/{endpoint_id}/submit", body)
+    out = stack.api("POST", f"/v3/endpoints/{endpoint_id}/submit", body)
     task_id = str(out["tasks"][work.function_id][0])
     deadline = time.monotonic() + 300
     while wait:

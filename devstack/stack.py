@@ -57,6 +57,7 @@ class Stack:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.client_id = ""
         self.client_secret = ""
+        self._api_token = ""
 
     @property
     def url(self) -> str:
@@ -206,10 +207,33 @@ class Stack:
             return str(json.load(resp)["access_token"])
 
     def get(self, path: str) -> Any:
+        return self.api("GET", path)
+
+    def api(self, method: str, path: str, body: Any = None, timeout: float = 60) -> Any:
+        """One call of the service's REST API as the stack's client. Its token is fetched once
+        (the fault cases call this while the service restarts) and again after a 401 (a
+        service started on a new database no longer knows it)."""
+        if not self._api_token:
+            self._api_token = self.token()
+        try:
+            return self._call(method, path, body, timeout)
+        except urllib.error.HTTPError as e:
+            if e.code != 401:
+                raise
+        self._api_token = self.token()
+        return self._call(method, path, body, timeout)
+
+    def _call(self, method: str, path: str, body: Any, timeout: float) -> Any:
         req = urllib.request.Request(
-            f"{self.url}{path}", headers={"Authorization": f"Bearer {self.token()}"}
+            f"{self.url}{path}",
+            data=None if body is None else json.dumps(body).encode(),
+            method=method,
+            headers={
+                "Authorization": f"Bearer {self._api_token}",
+                "Content-Type": "application/json",
+            },
         )
-        with urllib.request.urlopen(req, timeout=10) as resp:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
             return json.load(resp)
 
     def wait_online(self, endpoint_id: str, timeout: float = 30) -> None:

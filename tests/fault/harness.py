@@ -10,11 +10,9 @@ for (unexpected).
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -156,7 +154,6 @@ class FaultStack(Stack):
                 conf.read_text(),
             )
         )
-        self._token = ""
         self._prefix = ""
         self._functions: dict[str, str] = {}
 
@@ -171,18 +168,6 @@ class FaultStack(Stack):
         finally:
             if self.proxy is not None:
                 self.proxy.close()
-
-    def api(self, method: str, path: str, body: Any = None) -> Any:
-        if not self._token:
-            self._token = self.token()
-        req = urllib.request.Request(
-            f"{self.url}{path}",
-            data=None if body is None else json.dumps(body).encode(),
-            method=method,
-            headers={"Authorization": f"Bearer {self._token}", "Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return json.load(resp)
 
     def function_id(self, name: str) -> str:
         if name not in self._functions:
