@@ -173,19 +173,24 @@ def _login_token(page: str) -> str:
     return found.group(1)
 
 
+def _sign_in(browser: httpx.Client, who: Identity) -> httpx.Response:
+    """Fetch the sign-in form and post `who`'s credentials with its one-time token."""
+    form = browser.get("/status/login")
+    return browser.post(
+        "/status/login",
+        data={
+            "login_token": _login_token(form.text),
+            "client_id": who.client_id,
+            "client_secret": who.secret,
+        },
+    )
+
+
 @contextmanager
 def signed_in(service: ServiceThread, who: Identity) -> Iterator[httpx.Client]:
     """A browser-like client holding `who`'s session cookie."""
     with httpx.Client(base_url=service.url, headers={"Origin": service.url}) as browser:
-        form = browser.get("/status/login")
-        answer = browser.post(
-            "/status/login",
-            data={
-                "login_token": _login_token(form.text),
-                "client_id": who.client_id,
-                "client_secret": who.secret,
-            },
-        )
+        answer = _sign_in(browser, who)
         assert answer.status_code == 303, answer.text
         assert answer.headers["location"] == "/status"
         yield browser
@@ -215,15 +220,7 @@ def test_the_page_asks_for_a_sign_in_and_the_session_cookie_is_locked_down(
         assert "httponly" in pre and "samesite=strict" in pre and "path=/status" in pre
 
     with httpx.Client(base_url=service.url, headers={"Origin": service.url}) as browser:
-        form = browser.get("/status/login")
-        answer = browser.post(
-            "/status/login",
-            data={
-                "login_token": _login_token(form.text),
-                "client_id": alice.client_id,
-                "client_secret": alice.secret,
-            },
-        )
+        answer = _sign_in(browser, alice)
         cookie = _cookie_header(answer, "status_session")
         assert "httponly" in cookie and "samesite=strict" in cookie and "path=/status" in cookie
         assert "secure" not in cookie  # plain http on loopback; Secure when served over https
