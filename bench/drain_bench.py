@@ -57,6 +57,8 @@ SERVICE_RESULTS_QUEUE = "results"
 RESULTS_KEY = "*.results"
 SAMPLE_S = 0.1
 DEADLINE_S = 1800.0
+#: A drain that brings no new result for this long has stalled: the run fails, saying where.
+STALL_S = 180.0
 #: After the last expected result, how long to keep listening for duplicates.
 DUPLICATE_GRACE_S = 1.0
 PUBLISH_CONFIRM_EVERY = 1000
@@ -208,18 +210,23 @@ class ResultTap:
         got = Collected()
         deadline = time.monotonic() + deadline_s
         done_at: float | None = None
+        progress_at = time.monotonic()
         for method, _props, body in self.ch.consume(
             self.queue, auto_ack=True, inactivity_timeout=0.2
         ):
             now = time.time()
             if method is not None and body is not None:
                 got.add(unpack(body), now, expected)
+                progress_at = time.monotonic()
                 if done_at is None and expected <= got.ids:
                     got.last_at = now
                     done_at = time.monotonic()
             if done_at is not None and time.monotonic() - done_at > DUPLICATE_GRACE_S:
                 break
             if time.monotonic() > deadline:
+                break
+            if done_at is None and time.monotonic() - progress_at > STALL_S:
+                got.stalled = True
                 break
             if done_at is None and method is None:
                 alive()
@@ -233,6 +240,7 @@ class Collected:
     duplicates: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     strangers: int = 0
+    stalled: bool = False
     first_at: float | None = None
     last_at: float | None = None
 
@@ -449,6 +457,9 @@ def drain(stack: DrainStack, side: Side, work: Work, n: int) -> dict[str, float]
             got = tap.collect(expected, DEADLINE_S, lambda: stack.check_alive(side.proc_name))
             sampler.sample()
             (user_s, sys_s), peak = sampler.cpu_s(), sampler.peak_rss
+        if got.stalled or not expected <= got.ids:
+            # Read before stop: a stalled endpoint's own words on what it waits for.
+            print(side_logs(stack, side), file=sys.stderr, flush=True)
         side.stop()
     check_exactly_once(side.label, got, expected)
     assert got.first_at is not None and got.last_at is not None
@@ -464,9 +475,20 @@ def drain(stack: DrainStack, side: Side, work: Work, n: int) -> dict[str, float]
     }
 
 
+def side_logs(stack: DrainStack, side: Side, tail: int = 3000) -> str:
+    """The tail of the endpoint's console output and of its newest log files."""
+    parts = [f"== {side.proc_name} console ==", stack.log_text(side.proc_name)[-tail:]]
+    logs = sorted(Path(side.marker).rglob("*.log"), key=lambda p: p.stat().st_mtime)
+    for path in logs[-3:]:
+        parts += [f"== {path} ==", path.read_text(errors="replace")[-tail:]]
+    return "\n".join(parts)
+
+
 def check_exactly_once(label: str, got: Collected, expected: set[str]) -> None:
     missing = expected - got.ids
     problems = []
+    if got.stalled:
+        problems.append(f"no new result for {STALL_S:.0f} s ({len(got.ids)} of {len(expected)} in)")
     if missing:
         problems.append(f"{len(missing)} result(s) missing, e.g. {sorted(missing)[:3]}")
     if got.duplicates:
