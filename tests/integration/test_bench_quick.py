@@ -55,7 +55,7 @@ def run_quick(bench: str, peer_python: Path) -> str:
         timeout=840,
         check=False,
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-12000:]
     return proc.stdout
 
 
