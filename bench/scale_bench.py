@@ -9,15 +9,15 @@ official one, with the official SDK driving both from its own venv:
   slope under 1 MB per 10k. Ours also reports the journal's size on disk at the end.
 - `groups`: G task groups (one Executor each, default 1,000) of 10 no-op tasks, 20 groups
   alive at a time: p50/p95 of a group's submit-to-last-result seconds, and the RSS of the web
-  service and of the endpoint tree afterwards.
+  service (started again before each side) and of the endpoint tree afterwards.
 - `manager`: a core (manager) endpoint with U user endpoints (default 50), one per distinct
   `user_endpoint_config`, all kept running: p50/p95 of each one's first-task seconds, the
   manager's own memory, and the mean memory of a user endpoint's tree (PSS, not RSS: forked
   user endpoints share their parent's pages).
 - `bigargs`: 1 GiB in total of 10 MB `bytes` arguments (the service's submission limit and the
   endpoint's `max_task_size` are raised to fit one such argument): MB/s of argument data, and
-  the peak RSS of the web service and of the endpoint tree during the run (a copy per hop would
-  show as a multiple of the argument size in flight).
+  the peak RSS of the web service (started again before each side) and of the endpoint tree
+  during the run (a copy per hop would show as a multiple of the argument size in flight).
 
 Prints `scale.SCENARIO.FIGURE ours=X official=Y ratio=Z` (ratio > 1 means ours is better:
 ours/official for rates, official/ours for seconds and memory). `--quick` runs every scenario
@@ -325,7 +325,15 @@ def scenario_tasks(stack: Stack, args: argparse.Namespace, t: Target) -> dict[st
     return figures
 
 
+def fresh_service(stack: Stack) -> None:
+    """The service started again (same database), so each side's service figures start from
+    the same memory: CPython keeps the pages an earlier side's peak took."""
+    stack.stop_service()
+    stack.start_service()
+
+
 def scenario_groups(stack: Stack, args: argparse.Namespace, t: Target) -> dict[str, float]:
+    fresh_service(stack)
     endpoint_id = t.start()
     out = drive(stack, args.peer_python, ["groups", endpoint_id, str(args.groups), "20"])
     figures = {
@@ -356,6 +364,7 @@ def scenario_manager(stack: Stack, args: argparse.Namespace, t: Target) -> dict[
 
 
 def scenario_bigargs(stack: Stack, args: argparse.Namespace, t: Target) -> dict[str, float]:
+    fresh_service(stack)
     endpoint_id = t.start()
     count = max(1, int(args.big_total_mb // 10))
     pids = {"endpoint": stack.procs[t.proc].pid, "service": stack.procs["webservice"].pid}
