@@ -91,11 +91,15 @@ class EPStatusReport:
 Message = Task | Result | EPStatusReport
 
 
+# The official packer writes compact JSON with raw UTF-8, not \u escapes: match it byte for
+# byte. One encoder for every message: json.dumps with options builds a new one per call.
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def pack(msg: Message) -> bytes:
     """Serialize a message exactly as the official packer does."""
     doc = {"message_type": msg.message_type, "data": msg.to_wire()}
-    # The official packer writes raw UTF-8, not \u escapes: match it byte for byte.
-    return PROTOCOL_VERSION + json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+    return PROTOCOL_VERSION + _ENCODE(doc).encode()
 
 
 def _uuid_str(value: Any, key: str) -> str:

@@ -571,7 +571,18 @@ TaskParts = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 _ROLES = ("function", "positional arguments", "keyword arguments")
 
 
-def unpack_task_buffer(task_buffer: str, allow: Allowlist | None = None) -> TaskParts:
+#: How a payload becomes its object: ``load(payload, strategy.deserialize)``; a worker may pass
+#: one that reuses earlier results (`endpoint.worker.memo`).
+Loader = Callable[[str, Callable[[str], Any]], Any]
+
+
+def _load_fresh(payload: str, deserialize: Callable[[str], Any]) -> Any:
+    return deserialize(payload)
+
+
+def unpack_task_buffer(
+    task_buffer: str, allow: Allowlist | None = None, load: Loader = _load_fresh
+) -> TaskParts:
     """Split a task buffer into (function, args, kwargs).
 
     The buffer must hold exactly three framed payloads. All three strategies are checked
@@ -586,7 +597,7 @@ def unpack_task_buffer(task_buffer: str, allow: Allowlist | None = None) -> Task
     if allow is not None:
         for strategy, role in zip(strategies, _ROLES, strict=True):
             allow.check(strategy, role)
-    fn, args, kwargs = (s.deserialize(p) for s, p in zip(strategies, parts, strict=True))
+    fn, args, kwargs = (load(p, s.deserialize) for s, p in zip(strategies, parts, strict=True))
     return _checked_parts(fn, args, kwargs)
 
 

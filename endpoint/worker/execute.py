@@ -37,10 +37,9 @@ import os
 import signal
 import threading
 import traceback
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -63,6 +62,7 @@ from endpoint.protocol.serialize import (
     serialize_result,
     unpack_task_buffer,
 )
+from endpoint.worker.memo import PayloadMemo
 from endpoint.worker.taskenv import EnvSlot
 
 log = logging.getLogger(__name__)
@@ -124,8 +124,12 @@ def execute_task(
     started = transition(STATE_EXEC_START, ACTOR_WORKER)
     error: dict[str, str] | None = None
     try:
-        with _task_environment(task_id, options):
+        _enter_task()
+        try:
+            _set_task_environment(task_id, options)
             data = _run(packed_task, result_serializers, options)
+        finally:
+            _leave_task()
     except _TaskFailure as failure:
         data = failure.data
         error = {"code": failure.code, "user_message": failure.user_message}
@@ -180,30 +184,30 @@ _TASK_ID_SLOT = EnvSlot(ENV_TASK_ID)
 _SANDBOX_SLOT = EnvSlot(ENV_SANDBOX)
 
 
-@contextmanager
-def _task_environment(task_id: str, options: WorkerOptions) -> Iterator[None]:
-    _enter_task()
-    try:
-        _TASK_ID_SLOT.set(task_id)
-        os.environ.pop(ENV_SANDBOX, None)
-        task_dir = _prepare_task_dir(task_id, options)
-        if options.run_in_sandbox:
-            _SANDBOX_SLOT.set(str(task_dir))
-        yield
-    finally:
-        _leave_task()
+_SLOTS = (_TASK_ID_SLOT, _SANDBOX_SLOT)
 
 
-def _prepare_task_dir(task_id: str, options: WorkerOptions) -> Path:
-    run_dir = Path(options.run_dir)
-    if not run_dir.is_absolute():
+def _set_task_environment(task_id: str, options: WorkerOptions) -> None:
+    """The task's variables and working directory; call between _enter_task and _leave_task."""
+    _TASK_ID_SLOT.set(task_id)
+    if ENV_SANDBOX in os.environ:
+        del os.environ[ENV_SANDBOX]
+    task_dir = _prepare_task_dir(task_id, options)
+    if options.run_in_sandbox:
+        _SANDBOX_SLOT.set(task_dir)
+
+
+def _prepare_task_dir(task_id: str, options: WorkerOptions) -> str:
+    # Plain strings, not Path objects: this runs for every task.
+    run_dir = options.run_dir
+    if not os.path.isabs(run_dir):
         raise _TaskFailure(CODE_BAD_TASK, f"run_dir must be an absolute path, got {run_dir}")
-    task_dir = run_dir / task_id if options.run_in_sandbox else run_dir
+    task_dir = os.path.join(run_dir, task_id) if options.run_in_sandbox else run_dir
     try:
         try:
             os.chdir(task_dir)  # usually there already: one system call instead of two
         except FileNotFoundError:
-            task_dir.mkdir(parents=True, exist_ok=True)
+            os.makedirs(task_dir, exist_ok=True)
             os.chdir(task_dir)
     except OSError as e:
         raise _TaskFailure(CODE_BAD_TASK, f"cannot use working directory {task_dir}: {e}") from e
@@ -251,6 +255,12 @@ def _restore_env(saved: dict[Any, Any]) -> None:
     current = _env_raw()
     if current == saved:
         return
+    # Usually only this module's per-task variables differ: put those back first, which is
+    # far cheaper than comparing every item below.
+    for slot in _SLOTS:
+        slot.restore(saved)
+    if current == saved:
+        return
     decode = os.fsdecode if isinstance(next(iter(saved), ""), bytes) else str
     for key in current.keys() - saved.keys():
         del os.environ[decode(key)]
@@ -278,6 +288,11 @@ def _decode_task(packed_task: bytes) -> Task:
     return msg
 
 
+#: One per worker process (shared by the thread engine's threads): functions and arguments
+#: that come again are not deserialized again, where that cannot be told apart (see memo).
+_MEMO = PayloadMemo()
+
+
 @functools.lru_cache(maxsize=8)
 def _allowlist(allowed: tuple[str, ...]) -> Allowlist:
     return parse_allowlist(allowed)
@@ -288,7 +303,7 @@ def _deserialize(
 ) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
     try:
         allow = None if allowed is None else _allowlist(tuple(allowed))
-        return unpack_task_buffer(task_buffer, allow)
+        return unpack_task_buffer(task_buffer, allow, _MEMO.load)
     except ConfigError as e:
         raise _TaskFailure(CODE_BAD_TASK, f"Invalid allowed_serializers: {e}") from e
     except SerializationError as e:
@@ -330,7 +345,7 @@ def _call(
 
 def _encode_result(value: Any, result_serializers: list[str], limit: int) -> str:
     try:
-        payload = serialize_result(value, result_serializers)
+        payload = _MEMO.dump(value, result_serializers, serialize_result)
     except SerializationError as e:
         raise _TaskFailure(CODE_REMOTE, f"SerializationError: {e}\n", USER_MESSAGE_REMOTE) from e
     if len(payload) > limit:

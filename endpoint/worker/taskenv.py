@@ -66,3 +66,16 @@ class EnvSlot:
             os.environ[self.name] = value
             return
         data[self._key] = os.environ.encodevalue(value)
+
+    def restore(self, saved: dict[Any, Any]) -> None:
+        """Give the variable the value it has in `saved` (os.environ's raw items), or none."""
+        data = getattr(os.environ, "_data", None)
+        key = self._key
+        if key is None or not isinstance(data, dict):
+            return  # no raw items to compare with: the caller's full restore handles it
+        value = saved.get(key)
+        if value is None:
+            if key in data:
+                del os.environ[self.name]
+        elif data.get(key) != value:
+            self.set(os.fsdecode(value))
