@@ -171,6 +171,11 @@ bench-manager: dev peers
 bench-faults: dev peers
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m bench.fault_compare --peer-python $(PEER_VENV)/bin/python
 
+## bench-worker: one worker's microseconds per task (execute_task), memo on vs off
+.PHONY: bench-worker
+bench-worker: dev peers
+	PYTHONPATH=$(CURDIR) $(BIN)/python bench/worker_bench.py --peer-python $(PEER_VENV)/bin/python
+
 ## bench-startup: GlobusComputeEngine start() to first result, status() cost, shutdown(wait=False)
 .PHONY: bench-startup
 bench-startup: dev

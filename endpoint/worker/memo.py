@@ -126,7 +126,7 @@ class PayloadMemo:
 
     def load(self, payload: str, deserialize: Callable[[str], Any]) -> Any:
         """`deserialize(payload)`, or what it gave last time if that may be reused."""
-        if len(payload) > self.max_payload:
+        if len(payload) > self.max_payload or self.size <= 0:
             return deserialize(payload)
         with self._lock:
             entry = self._entries.get(payload)
@@ -154,7 +154,11 @@ class PayloadMemo:
     ) -> str:
         """`serialize(value, serializers)`, remembered for small atoms (None, True, 0, "ok")."""
         kind = type(value)
-        if kind not in _RESULT_ATOMS or (kind is str and len(value) > _MAX_RESULT_TEXT):
+        if (
+            kind not in _RESULT_ATOMS
+            or (kind is str and len(value) > _MAX_RESULT_TEXT)
+            or self.size <= 0
+        ):
             return serialize(value, serializers)
         # The type is part of the key: 1 == True == 1.0, but they serialize differently.
         key = (kind, value, *serializers)

@@ -1,4 +1,4 @@
-"""The drain and scale benchmarks' quick modes run end to end, so the benchmarks cannot rot.
+"""The drain, scale and worker benchmarks' quick modes run end to end, so the benchmarks cannot rot.
 
 Only the shape of its output is checked (every figure of every engine, ours and the official
 one): no test asserts a duration or a rate.
@@ -73,3 +73,13 @@ def test_scale_bench_quick_prints_every_figure(peer_python: Path) -> None:
     seen = {m.groups()[:2] for m in map(SCALE_LINE.match, out.splitlines()) if m}
     expected = {(s, fig) for s, figs in SCALE_FIGURES.items() for fig in figs}
     assert expected <= seen, out
+
+
+WORKER_LINE = re.compile(r"^worker\.(\w+)\.us_per_task memo=[\d.]+ fresh=[\d.]+ ratio=[\d.]+$")
+
+
+@pytest.mark.timeout(300)
+def test_worker_bench_quick_prints_every_kind(peer_python: Path) -> None:
+    out = run_quick("worker_bench.py", peer_python)
+    seen = {m.group(1) for m in map(WORKER_LINE.match, out.splitlines()) if m}
+    assert seen == {"noop", "args", "closure"}, out
