@@ -64,6 +64,12 @@ def run(options: WorkerOptions, packed: bytes) -> Any:
     return deserialize(result.data)
 
 
+def runs(options: WorkerOptions, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> list[Any]:
+    """The values of three tasks that carry the same payload (`fn` with these arguments)."""
+    packed = body(fn, *args, **kwargs)
+    return [run(options, packed) for _ in range(3)]
+
+
 def test_plain_function_is_deserialized_once(options: WorkerOptions) -> None:
     fn = script_function("def add(a, b=2):\n    return a + b\n", "add")
     packed = body(fn, 40)
@@ -75,8 +81,7 @@ def test_plain_function_is_deserialized_once(options: WorkerOptions) -> None:
 
 def test_mutable_default_starts_fresh_for_every_task(options: WorkerOptions) -> None:
     fn = script_function("def grow(acc=[]):\n    acc.append(1)\n    return len(acc)\n", "grow")
-    packed = body(fn)
-    assert [run(options, packed) for _ in range(3)] == [1, 1, 1]
+    assert runs(options, fn) == [1, 1, 1]
 
 
 def test_function_attributes_set_by_a_task_do_not_reach_the_next(options: WorkerOptions) -> None:
@@ -90,8 +95,7 @@ def test_function_attributes_set_by_a_task_do_not_reach_the_next(options: Worker
         "    return f.calls\n",
         "count",
     )
-    packed = body(fn)
-    assert [run(options, packed) for _ in range(3)] == [1, 1, 1]
+    assert runs(options, fn) == [1, 1, 1]
 
 
 def test_closure_state_is_not_shared(options: WorkerOptions) -> None:
@@ -105,8 +109,7 @@ def test_closure_state_is_not_shared(options: WorkerOptions) -> None:
         "    return tick\n",
         "outer",
     )
-    packed = body(outer())
-    assert [run(options, packed) for _ in range(3)] == [1, 1, 1]
+    assert runs(options, outer()) == [1, 1, 1]
 
 
 def test_mutated_arguments_are_rebuilt(options: WorkerOptions) -> None:
@@ -117,13 +120,11 @@ def test_mutated_arguments_are_rebuilt(options: WorkerOptions) -> None:
         "    return (len(items), sorted(opts))\n",
         "take",
     )
-    packed = body(fn, [1, 2], {"a": 1})
-    assert [run(options, packed) for _ in range(3)] == [(3, ["a", "seen"])] * 3
+    assert runs(options, fn, [1, 2], {"a": 1}) == [(3, ["a", "seen"])] * 3
     kw = script_function(
         "def kw(**kwargs):\n    kwargs['b'] = 2\n    return sorted(kwargs)\n", "kw"
     )
-    packed = body(kw, a=1)
-    assert [run(options, packed) for _ in range(3)] == [["a", "b"]] * 3
+    assert runs(options, kw, a=1) == [["a", "b"]] * 3
 
 
 def test_globals_behave_as_without_the_memo(options: WorkerOptions) -> None:
@@ -136,9 +137,8 @@ def test_globals_behave_as_without_the_memo(options: WorkerOptions) -> None:
         "    return _MEMO_TEST_HITS\n",
         "bump",
     )
-    packed = body(fn)
     try:
-        assert [run(options, packed) for _ in range(3)] == [1, 2, 3]
+        assert runs(options, fn) == [1, 2, 3]
     finally:
         sys.modules["__main__"].__dict__.pop("_MEMO_TEST_HITS", None)
 
